@@ -1,0 +1,12 @@
+//! synthd: a DICOM-native pipeline daemon that de-identifies studies per
+//! DICOM PS3.15 Annex E and synthesizes series with ONNX diffusion models.
+//!
+//! Start with ARCHITECTURE.md: it maps the stages to these modules.
+
+pub mod commands;
+pub mod config;
+pub mod deid;
+pub mod keyfile;
+pub mod logging;
+pub mod phi;
+pub mod runtime;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what synthd's demo and tests need on a fresh Debian machine:
+# Debian's DICOM tools, a project Python venv with pinned packages, and the
+# pinned ONNX Runtime library. Idempotent: a second run installs nothing.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+# dcmtk (dcmdump), dicom3tools (dciodvfy), gdcm (gdcmdump, gdcmanon), systemd (systemd-analyze).
+packages=(dcmtk dicom3tools libgdcm-tools systemd python3-venv)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The project venv: pydicom (its bundled test files and a second reader),
+# numpy, onnx (builds the tiny test model). Never torch: that is only for
+# training the demo model (fixtures/models/train).
+if [ ! -x .venv/bin/python ] || ! cmp -s scripts/requirements-test.txt .venv/.requirements; then
+  echo "setup: creating .venv with scripts/requirements-test.txt"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+  cp scripts/requirements-test.txt .venv/.requirements
+fi
+
+scripts/bootstrap-onnxruntime.sh

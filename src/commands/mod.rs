@@ -1,0 +1,9 @@
+//! The subcommands, one file each. Each returns an exit code; errors carry
+//! context naming the file and stage, never a patient value.
+
+pub mod doctor;
+pub mod init;
+pub mod validate;
+
+/// The example pipelines shipped in `pipelines/`, written by `synthd init`.
+pub const EXAMPLE_PIPELINES: &[(&str, &str)] = &[("deid-only.toml", include_str!("../../pipelines/deid-only.toml"))];

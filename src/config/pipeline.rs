@@ -1,0 +1,401 @@
+//! Pipeline files (`pipelines/NAME.toml`): which series to take, how to
+//! de-identify them, optionally what to synthesize, and what to write.
+//!
+//! A pipeline without `[synth]` is a de-identify-and-forward route.
+
+use super::diagnostic::{Diagnostic, Diagnostics};
+use super::ranges;
+use crate::deid::DeidOption;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Lower-case letters, digits and dashes; names the route in logs and provenance.
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(rename = "match", default)]
+    pub selection: Selection,
+    #[serde(default)]
+    pub deid: DeidProfile,
+    pub synth: Option<Synth>,
+    #[serde(default)]
+    pub output: Output,
+}
+
+/// Which series a pipeline takes. Read from the original header, before
+/// de-identification removes what selection needs (Series Description).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// Modality codes such as "MR"; empty = any.
+    #[serde(default)]
+    pub modality: Vec<String>,
+    /// SOP Class UIDs; empty = any.
+    #[serde(default)]
+    pub sop_classes: Vec<String>,
+    /// Case-insensitive glob patterns (`*`, `?`) on Series Description; empty = any.
+    #[serde(default)]
+    pub series_description: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeidProfile {
+    /// Annex E options applied on top of the Basic Profile.
+    #[serde(default)]
+    pub options: Vec<DeidOption>,
+    /// Prefix of the keyed PatientID / PatientName pseudonyms.
+    #[serde(default = "default_pseudonym_prefix")]
+    pub pseudonym_prefix: String,
+    /// Inclusive range of the per-patient date shift, in days, for
+    /// retain-longitudinal-modified-dates.
+    #[serde(default = "default_date_shift_days")]
+    pub date_shift_days: [i32; 2],
+    /// Accept instances that declare Burned In Annotation = YES.
+    #[serde(default)]
+    pub accept_burned_in: bool,
+    /// Accept instances of modalities that often carry burned-in text (US, SC,
+    /// XC, ES, OT) when Burned In Annotation is absent.
+    #[serde(default)]
+    pub accept_burned_in_unknown: bool,
+}
+
+impl Default for DeidProfile {
+    fn default() -> Self {
+        DeidProfile {
+            options: Vec::new(),
+            pseudonym_prefix: default_pseudonym_prefix(),
+            date_shift_days: default_date_shift_days(),
+            accept_burned_in: false,
+            accept_burned_in_unknown: false,
+        }
+    }
+}
+
+fn default_pseudonym_prefix() -> String {
+    "ANON".to_string()
+}
+
+fn default_date_shift_days() -> [i32; 2] {
+    [-365, -1]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    Ddpm,
+    Ddim,
+    #[serde(rename = "dpm-solver++")]
+    DpmSolverPlusPlus,
+}
+
+impl SamplerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::DpmSolverPlusPlus => "dpm-solver++",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Tensorrt => "tensorrt",
+            ProviderKind::Cuda => "cuda",
+            ProviderKind::Cpu => "cpu",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Synth {
+    /// The ONNX denoiser; its manifest is the sidecar `<stem>.toml`.
+    pub model: Spanned<PathBuf>,
+    #[serde(default = "default_sampler")]
+    pub sampler: SamplerKind,
+    #[serde(default = "default_steps", deserialize_with = "ranges::u32_in::<1, 1000, _>")]
+    pub steps: u32,
+    /// DDIM's eta: 0 = deterministic DDIM, 1 = DDPM-like.
+    #[serde(default, deserialize_with = "ranges::unit_interval")]
+    pub eta: f32,
+    /// Classifier-free guidance weight; 1 = no guidance.
+    #[serde(default = "default_guidance", deserialize_with = "ranges::guidance")]
+    pub guidance: f32,
+    #[serde(default = "default_one", deserialize_with = "ranges::u32_in::<1, 1000, _>")]
+    pub variants: u32,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_batch", deserialize_with = "ranges::u32_in::<1, 256, _>")]
+    pub batch: u32,
+    /// Execution providers in order of preference.
+    #[serde(default = "default_providers")]
+    pub providers: Vec<ProviderKind>,
+    #[serde(default)]
+    pub require_gpu: bool,
+    /// TensorRT half precision.
+    #[serde(default)]
+    pub fp16: bool,
+    /// RePaint resampling for unconditional models.
+    #[serde(default = "default_one", deserialize_with = "ranges::u32_in::<1, 100, _>")]
+    pub jump_length: u32,
+    #[serde(default = "default_one", deserialize_with = "ranges::u32_in::<1, 100, _>")]
+    pub jump_n_sample: u32,
+    /// Width in pixels of the blend at the mask edge; 0 = hard edge.
+    #[serde(default, deserialize_with = "ranges::u32_in::<0, 64, _>")]
+    pub feather_px: u32,
+    #[serde(default)]
+    pub mask: MaskSpec,
+}
+
+fn default_sampler() -> SamplerKind {
+    SamplerKind::Ddim
+}
+fn default_steps() -> u32 {
+    25
+}
+fn default_guidance() -> f32 {
+    1.0
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_batch() -> u32 {
+    8
+}
+fn default_providers() -> Vec<ProviderKind> {
+    vec![ProviderKind::Tensorrt, ProviderKind::Cuda, ProviderKind::Cpu]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskSource {
+    /// Seeded ellipsoids placed inside the brain, in patient space.
+    Generated,
+    /// A segment of a DICOM SEG in the same study.
+    Seg,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskSpec {
+    #[serde(default = "default_mask_source")]
+    pub source: MaskSource,
+    /// Number of generated ellipsoids per variant.
+    #[serde(default = "default_one", deserialize_with = "ranges::u32_in::<1, 16, _>")]
+    pub count: u32,
+    /// Range of generated ellipsoid diameters, in millimetres.
+    #[serde(default = "default_diameter_mm", deserialize_with = "ranges::diameter_mm")]
+    pub diameter_mm: [f32; 2],
+    /// For `source = "seg"`: the Segment Label to use; empty = the first segment.
+    #[serde(default)]
+    pub segment_label: String,
+}
+
+impl Default for MaskSpec {
+    fn default() -> Self {
+        MaskSpec {
+            source: default_mask_source(),
+            count: 1,
+            diameter_mm: default_diameter_mm(),
+            segment_label: String::new(),
+        }
+    }
+}
+
+fn default_mask_source() -> MaskSource {
+    MaskSource::Generated
+}
+fn default_diameter_mm() -> [f32; 2] {
+    [8.0, 20.0]
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Write the de-identified source series beside the synthetic one.
+    #[serde(default = "default_true")]
+    pub deidentified_source: bool,
+    /// Write the inpainting mask as a DICOM SEG referencing the synthetic series.
+    #[serde(default = "default_true")]
+    pub seg: bool,
+    /// Write a PNG contact sheet per synthetic series.
+    #[serde(default)]
+    pub preview: bool,
+    /// Also write `manifest.csv` beside `manifest.jsonl`.
+    #[serde(default)]
+    pub csv: bool,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output {
+            deidentified_source: true,
+            seg: true,
+            preview: false,
+            csv: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A pipeline read from its file, with paths resolved against the file's folder.
+#[derive(Debug, Clone)]
+pub struct LoadedPipeline {
+    pub file: PathBuf,
+    pub source: String,
+    pub pipeline: Pipeline,
+}
+
+impl LoadedPipeline {
+    pub fn name(&self) -> &str {
+        self.pipeline.name.get_ref()
+    }
+
+    /// The model path, resolved against the pipeline file's folder.
+    pub fn model_path(&self) -> Option<PathBuf> {
+        self.pipeline
+            .synth
+            .as_ref()
+            .map(|synth| resolve(&self.file, synth.model.get_ref()))
+    }
+
+    /// Reads and checks a pipeline file. Every problem found is returned, each
+    /// naming the file, line and key.
+    pub fn load(file: &Path) -> Result<LoadedPipeline, Diagnostics> {
+        let source = std::fs::read_to_string(file).map_err(|error| {
+            Diagnostics(vec![Diagnostic::whole_file(
+                file,
+                format!("cannot read pipeline file: {error}"),
+            )])
+        })?;
+        LoadedPipeline::parse(file, source)
+    }
+
+    pub fn parse(file: &Path, source: String) -> Result<LoadedPipeline, Diagnostics> {
+        let pipeline: Pipeline =
+            toml::from_str(&source).map_err(|error| Diagnostics(vec![Diagnostic::from_toml(file, &source, &error)]))?;
+        let loaded = LoadedPipeline {
+            file: file.to_path_buf(),
+            source,
+            pipeline,
+        };
+        let problems = loaded.check();
+        if problems.is_empty() {
+            Ok(loaded)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn check(&self) -> Diagnostics {
+        let mut problems = Diagnostics::default();
+        let name = &self.pipeline.name;
+        let valid_name = !name.get_ref().is_empty()
+            && name
+                .get_ref()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid_name {
+            problems.push(Diagnostic::at_span(
+                &self.file,
+                &self.source,
+                name.span(),
+                "expected a name of lower-case letters, digits and dashes, such as \"brain-mri-inpaint\"",
+            ));
+        }
+        let [low, high] = self.pipeline.deid.date_shift_days;
+        if low > high || low.abs() > 36_500 || high.abs() > 36_500 {
+            problems.push(Diagnostic::whole_file(
+                &self.file,
+                format!(
+                    "`deid.date_shift_days` = [{low}, {high}]: expected [low, high] with low <= high, within ±36500 days"
+                ),
+            ));
+        }
+        if let Some(synth) = &self.pipeline.synth {
+            let model = resolve(&self.file, synth.model.get_ref());
+            if !model.is_file() {
+                problems.push(Diagnostic::at_span(
+                    &self.file,
+                    &self.source,
+                    synth.model.span(),
+                    format!(
+                        "model file {} not found; expected a path to an ONNX model, relative to this pipeline file",
+                        model.display()
+                    ),
+                ));
+            }
+            if synth.providers.is_empty() {
+                problems.push(Diagnostic::whole_file(
+                    &self.file,
+                    "`synth.providers` is empty: expected a list such as [\"tensorrt\", \"cuda\", \"cpu\"]",
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Resolves `path` against the folder of `file` unless it is absolute.
+pub fn resolve(file: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<LoadedPipeline, Diagnostics> {
+        LoadedPipeline::parse(Path::new("p.toml"), text.to_string())
+    }
+
+    #[test]
+    fn deid_only_pipeline_has_defaults() {
+        let loaded = parse("name = \"route\"\n[deid]\noptions = [\"clean-descriptors\"]\n").unwrap();
+        assert!(loaded.pipeline.synth.is_none());
+        assert_eq!(loaded.pipeline.deid.options, vec![DeidOption::CleanDescriptors]);
+        assert!(loaded.pipeline.output.deidentified_source);
+    }
+
+    #[test]
+    fn unknown_option_is_rejected_with_its_line() {
+        let error = parse("name = \"route\"\n[deid]\noptions = [\"keep-everything\"]\n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("p.toml:3:"), "{text}");
+        assert!(text.contains("deid.options"), "{text}");
+    }
+
+    #[test]
+    fn steps_out_of_range_are_rejected() {
+        let error = parse("name = \"x\"\n[synth]\nmodel = \"m.onnx\"\nsteps = 0\n").unwrap_err();
+        assert!(error.to_string().contains("between 1 and 1000"), "{error}");
+    }
+
+    #[test]
+    fn bad_name_is_rejected() {
+        let error = parse("name = \"Brain MRI\"\n").unwrap_err();
+        assert!(error.to_string().contains("lower-case"), "{error}");
+    }
+}

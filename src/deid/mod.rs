@@ -1,0 +1,5 @@
+//! De-identification per DICOM PS3.15 Annex E. Knows DICOM, knows no model.
+
+pub mod options;
+
+pub use options::DeidOption;

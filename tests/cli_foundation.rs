@@ -1,0 +1,216 @@
+//! The foundation as a user meets it: `synthd init`, `synthd validate` with
+//! golden error messages, and `synthd doctor` against the real ONNX Runtime.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn synthd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_synthd"))
+        .args(args)
+        .env_remove("SYNTHD_CONFIG")
+        .output()
+        .expect("synthd runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A fresh layout from `synthd init`, returning (tempdir, config path).
+fn init_layout() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("site");
+    let output = synthd(&["init", layout.to_str().unwrap()]);
+    assert!(output.status.success(), "init failed: {}", stderr(&output));
+    let config = layout.join("synthd.toml").to_str().unwrap().to_string();
+    (dir, config)
+}
+
+/// Replaces one line of a config file's text.
+fn edit(config: &str, from: &str, to: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains(from), "config has no {from:?}");
+    std::fs::write(config, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn init_then_validate_succeeds() {
+    let (_dir, config) = init_layout();
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        format!("ok: {config}: daemon config with 1 pipeline(s): deid-only\n")
+    );
+    let site = Path::new(&config).parent().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(site.join("synthd.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(key_mode, 0o600);
+    let work_mode = std::fs::metadata(site.join("work")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(work_mode, 0o750);
+}
+
+#[test]
+fn init_refuses_an_existing_layout() {
+    let (_dir, config) = init_layout();
+    let site = Path::new(&config).parent().unwrap();
+    let output = synthd(&["init", site.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("never overwrites a layout"), "{}", stderr(&output));
+}
+
+/// Golden messages: each broken config names the file, line, column and key.
+#[test]
+fn validate_reports_unknown_key_with_file_line_and_key() {
+    let (_dir, config) = init_layout();
+    edit(&config, "settle = \"2s\"", "settle = \"2s\"\nsetle_time = \"5s\"");
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "{config}:17:1: `ingest.setle_time`: unknown key `setle_time`, expected one of `stable_age`, `rescan_interval`, `settle`\n\
+             error: 1 of 1 file(s) invalid; fix the lines above and run `synthd validate` again\n"
+        )
+    );
+}
+
+#[test]
+fn validate_reports_wrong_type() {
+    let (_dir, config) = init_layout();
+    edit(&config, "queue_depth = 64", "queue_depth = \"many\"");
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    let first = stderr(&output).lines().next().unwrap().to_string();
+    assert_eq!(
+        first,
+        format!("{config}:31:15: `daemon.queue_depth`: invalid type: string \"many\", expected a whole number between 1 and 100000")
+    );
+}
+
+#[test]
+fn validate_reports_bad_duration() {
+    let (_dir, config) = init_layout();
+    edit(&config, "stable_age = \"60s\"", "stable_age = \"60\"");
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    let first = stderr(&output).lines().next().unwrap().to_string();
+    assert_eq!(
+        first,
+        format!(
+            "{config}:14:14: `ingest.stable_age`: duration \"60\" has no unit: expected a duration such as \"500ms\", \"2s\", \"5m\", \"1h\" or \"7d\""
+        )
+    );
+}
+
+#[test]
+fn validate_reports_missing_model_in_pipeline() {
+    let (_dir, config) = init_layout();
+    let pipeline = Path::new(&config).parent().unwrap().join("pipelines/synth.toml");
+    std::fs::write(
+        &pipeline,
+        "name = \"synth\"\n\n[synth]\nmodel = \"models/absent.onnx\"\nsteps = 25\n",
+    )
+    .unwrap();
+    let output = synthd(&["validate", pipeline.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let expected_model = pipeline.parent().unwrap().join("models/absent.onnx");
+    assert_eq!(
+        stderr(&output).lines().next().unwrap(),
+        format!(
+            "{}:4:9: `synth.model`: model file {} not found; expected a path to an ONNX model, relative to this pipeline file",
+            pipeline.display(),
+            expected_model.display()
+        )
+    );
+    // The daemon config that includes the pipeline folder fails the same way.
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("`synth.model`: model file"), "{}", stderr(&output));
+}
+
+#[test]
+fn validate_reports_out_of_range_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(&pipeline, "name = \"p\"\n[synth]\nmodel = \"m.onnx\"\nbatch = 1000\n").unwrap();
+    let output = synthd(&["validate", pipeline.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output).lines().next().unwrap(),
+        format!(
+            "{}:4:9: `synth.batch`: 1000 is out of range: expected a whole number between 1 and 256",
+            pipeline.display()
+        )
+    );
+}
+
+#[test]
+fn validate_refuses_a_group_readable_key() {
+    let (_dir, config) = init_layout();
+    let key = Path::new(&config).parent().unwrap().join("synthd.key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("`deid.key_file`: key file") && stderr(&output).contains("expected 0600"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn every_example_pipeline_validates() {
+    let pipelines = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    for entry in std::fs::read_dir(&pipelines).unwrap() {
+        let path = entry.unwrap().path();
+        let output = synthd(&["validate", path.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(0), "{}: {}", path.display(), stderr(&output));
+    }
+}
+
+#[test]
+fn doctor_reports_the_real_onnxruntime_and_cpu_provider() {
+    let (_dir, config) = init_layout();
+    let output = synthd(&["doctor", "--config", &config]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}\n{}", stderr(&output));
+    assert!(text.contains("onnxruntime: ") && text.contains("(version 1.32.0"), "{text}");
+    assert!(text.contains("cpu       ok (CPUExecutionProvider)"), "{text}");
+    // The PyPI onnxruntime wheel is CPU-only: the GPU providers must say so, with a fix.
+    assert!(
+        text.contains("cuda      unavailable: CUDA provider unavailable:") && text.contains("drop \"cuda\" from providers"),
+        "{text}"
+    );
+    assert!(text.contains("key file: ") && text.contains("ok (mode 0600)"), "{text}");
+    assert!(text.ends_with("result: ok\n"), "{text}");
+}
+
+#[test]
+fn doctor_fails_on_a_missing_config_and_says_how_to_make_one() {
+    let output = synthd(&["doctor", "--config", "/nonexistent/synthd.toml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("synthd init DIR"), "{}", stdout(&output));
+}
+
+#[test]
+fn doctor_says_where_it_looked_when_onnxruntime_is_missing() {
+    let (_dir, config) = init_layout();
+    edit(
+        &config,
+        "# onnxruntime_library = \"/opt/onnxruntime/libonnxruntime.so\"",
+        "onnxruntime_library = \"/nonexistent/libonnxruntime.so\"",
+    );
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("`runtime.onnxruntime_library`: /nonexistent/libonnxruntime.so not found"),
+        "{}",
+        stderr(&output)
+    );
+}
