@@ -6,7 +6,9 @@
 pub mod commands;
 pub mod config;
 pub mod deid;
+pub mod fsutil;
 pub mod keyfile;
 pub mod logging;
 pub mod phi;
+pub mod quarantine;
 pub mod runtime;

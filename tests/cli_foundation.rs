@@ -60,7 +60,11 @@ fn init_refuses_an_existing_layout() {
     let site = Path::new(&config).parent().unwrap();
     let output = synthd(&["init", site.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("never overwrites a layout"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("never overwrites a layout"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 /// Golden messages: each broken config names the file, line, column and key.
@@ -130,7 +134,11 @@ fn validate_reports_missing_model_in_pipeline() {
     // The daemon config that includes the pipeline folder fails the same way.
     let output = synthd(&["validate", &config]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("`synth.model`: model file"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("`synth.model`: model file"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -180,11 +188,15 @@ fn doctor_reports_the_real_onnxruntime_and_cpu_provider() {
     let output = synthd(&["doctor", "--config", &config]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(0), "{text}\n{}", stderr(&output));
-    assert!(text.contains("onnxruntime: ") && text.contains("(version 1.32.0"), "{text}");
+    assert!(
+        text.contains("onnxruntime: ") && text.contains("(version 1.32.0"),
+        "{text}"
+    );
     assert!(text.contains("cpu       ok (CPUExecutionProvider)"), "{text}");
     // The PyPI onnxruntime wheel is CPU-only: the GPU providers must say so, with a fix.
     assert!(
-        text.contains("cuda      unavailable: CUDA provider unavailable:") && text.contains("drop \"cuda\" from providers"),
+        text.contains("cuda      unavailable: CUDA provider unavailable:")
+            && text.contains("drop \"cuda\" from providers"),
         "{text}"
     );
     assert!(text.contains("key file: ") && text.contains("ok (mode 0600)"), "{text}");
