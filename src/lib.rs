@@ -9,6 +9,7 @@ pub mod deid;
 pub mod fsutil;
 pub mod keyfile;
 pub mod logging;
+pub mod output;
 pub mod phi;
 pub mod quarantine;
 pub mod runtime;
