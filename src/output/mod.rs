@@ -37,3 +37,12 @@ pub enum OutputError {
         source: std::io::Error,
     },
 }
+
+/// The Part 10 file bytes of an object (preamble, meta, dataset).
+pub fn encode(object: &dicom_object::DefaultDicomObject) -> Result<Vec<u8>, OutputError> {
+    let mut bytes = Vec::new();
+    object
+        .write_all(&mut bytes)
+        .map_err(|e| OutputError::Encode(e.to_string()))?;
+    Ok(bytes)
+}

@@ -7,7 +7,7 @@ use super::uids::VariantIdentity;
 use super::OutputError;
 use crate::keyfile::SiteKey;
 use dicom_core::value::PrimitiveValue;
-use dicom_core::{DataElement, VR};
+use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
@@ -109,7 +109,20 @@ pub fn build_instance(
     put_str(&mut object, tags::SERIES_NUMBER, VR::IS, &series_number.to_string());
 
     put_str(&mut object, tags::SYNTHETIC_DATA, VR::CS, "YES");
-    put_strs(&mut object, tags::IMAGE_TYPE, VR::CS, &["DERIVED", "SECONDARY"]);
+    // Values 1 and 2 say what the image is; later values (required by some
+    // IODs, e.g. MR) keep the source's, or OTHER.
+    let mut image_type = vec!["DERIVED".to_string(), "SECONDARY".to_string()];
+    let source_type: Vec<String> = source
+        .get(tags::IMAGE_TYPE)
+        .and_then(|e| e.to_multi_str().ok())
+        .map(|v| v.iter().map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default();
+    match source_type.get(2..) {
+        Some(rest) if !rest.is_empty() => image_type.extend(rest.iter().cloned()),
+        _ => image_type.push("OTHER".to_string()),
+    }
+    let image_type: Vec<&str> = image_type.iter().map(String::as_str).collect();
+    put_strs(&mut object, tags::IMAGE_TYPE, VR::CS, &image_type);
     put_str(&mut object, tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
     let description = match string_of(source, tags::SERIES_DESCRIPTION) {
         Some(text) if provenance.keep_descriptors => truncate(&format!("SYNTHETIC {text}"), 64),
@@ -127,7 +140,7 @@ pub fn build_instance(
     put_sequence(
         &mut object,
         tags::DERIVATION_CODE_SEQUENCE,
-        vec![code_item("DIFFUSION-INPAINT", "99SYNTHD", "Diffusion model inpainting")],
+        vec![code_item("SYNTHD-INPAINT", "99SYNTHD", "Diffusion model inpainting")],
     );
 
     let mut source_item = InMemDicomObject::new_empty();
@@ -261,12 +274,38 @@ fn put_private(object: &mut InMemDicomObject, provenance: &Provenance) -> Result
         (private::MASK_ID, VR::LO, truncate(&provenance.mask_id, 64)),
         (private::VARIANT, VR::IS, provenance.variant.to_string()),
     ];
+    let block = private_block(object)?;
     for (element, vr, value) in entries {
-        object
-            .put_private_element(PRIVATE_GROUP, PRIVATE_CREATOR, element, vr, PrimitiveValue::from(value))
-            .map_err(|e| OutputError::Encode(e.to_string()))?;
+        let tag = Tag(PRIVATE_GROUP, (block << 8) | element as u16);
+        object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
     }
     Ok(())
+}
+
+/// The private block of `SYNTHD 1` in group 0029: an existing reservation,
+/// else the first free Private Creator slot in (0029,0010)-(0029,00FF).
+/// (dicom-object's own helper reserves from (gggg,0001), which PS3.5 7.8.1
+/// does not allow.)
+fn private_block(object: &mut InMemDicomObject) -> Result<u16, OutputError> {
+    let mut free = None;
+    for slot in 0x10u16..=0xFF {
+        match object.get(Tag(PRIVATE_GROUP, slot)) {
+            Some(element) => {
+                if element.to_str().is_ok_and(|s| s.trim_end() == PRIVATE_CREATOR) {
+                    return Ok(slot);
+                }
+            }
+            None if free.is_none() => free = Some(slot),
+            None => {}
+        }
+    }
+    let slot = free.ok_or(OutputError::Encode("no free private block in group 0029".to_string()))?;
+    object.put(DataElement::new(
+        Tag(PRIVATE_GROUP, slot),
+        VR::LO,
+        PrimitiveValue::from(PRIVATE_CREATOR),
+    ));
+    Ok(slot)
 }
 
 fn truncate(text: &str, max: usize) -> String {
