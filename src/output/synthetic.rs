@@ -290,11 +290,8 @@ fn private_block(object: &mut InMemDicomObject) -> Result<u16, OutputError> {
     let mut free = None;
     for slot in 0x10u16..=0xFF {
         match object.get(Tag(PRIVATE_GROUP, slot)) {
-            Some(element) => {
-                if element.to_str().is_ok_and(|s| s.trim_end() == PRIVATE_CREATOR) {
-                    return Ok(slot);
-                }
-            }
+            Some(element) if element.to_str().is_ok_and(|s| s.trim_end() == PRIVATE_CREATOR) => return Ok(slot),
+            Some(_) => {}
             None if free.is_none() => free = Some(slot),
             None => {}
         }
