@@ -106,7 +106,10 @@ impl Row {
 }
 
 fn option_index(option: DeidOption) -> usize {
-    DeidOption::ALL.iter().position(|o| *o == option).expect("every option is in ALL")
+    DeidOption::ALL
+        .iter()
+        .position(|o| *o == option)
+        .expect("every option is in ALL")
 }
 
 #[derive(Debug)]
@@ -126,7 +129,10 @@ impl Table {
     }
 
     pub fn parse(text: &str) -> Result<Table, String> {
-        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.starts_with('#') && !l.trim().is_empty());
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.starts_with('#') && !l.trim().is_empty());
         let (_, header) = lines.next().ok_or("table has no header")?;
         let columns: Vec<&str> = header.split('\t').collect();
         let expected = [
@@ -161,7 +167,12 @@ impl Table {
         for (number, line) in lines {
             let cells: Vec<&str> = line.split('\t').collect();
             if cells.len() != expected.len() {
-                return Err(format!("line {}: {} cells, expected {}", number + 1, cells.len(), expected.len()));
+                return Err(format!(
+                    "line {}: {} cells, expected {}",
+                    number + 1,
+                    cells.len(),
+                    expected.len()
+                ));
             }
             let action = |cell: &str| -> Result<Option<Action>, String> {
                 if cell.is_empty() {
@@ -268,18 +279,42 @@ mod tests {
         assert_eq!(row("PatientID").basic, Action::ZeroOrDummy);
         assert_eq!(row("AccessionNumber").basic, Action::Zero);
         assert_eq!(row("StudyInstanceUID").basic, Action::Uid);
-        assert_eq!(row("StudyInstanceUID").option(DeidOption::RetainUids), Some(Action::Keep));
+        assert_eq!(
+            row("StudyInstanceUID").option(DeidOption::RetainUids),
+            Some(Action::Keep)
+        );
         let institution = row("InstitutionName");
         assert_eq!(institution.basic, Action::RemoveOrZeroOrDummy);
-        assert_eq!(institution.option(DeidOption::RetainInstitutionIdentity), Some(Action::Keep));
+        assert_eq!(
+            institution.option(DeidOption::RetainInstitutionIdentity),
+            Some(Action::Keep)
+        );
         let study_date = row("StudyDate");
         assert_eq!(study_date.basic, Action::Zero);
-        assert_eq!(study_date.option(DeidOption::RetainLongitudinalFullDates), Some(Action::Keep));
-        assert_eq!(study_date.option(DeidOption::RetainLongitudinalModifiedDates), Some(Action::Clean));
-        assert_eq!(row("PatientSex").option(DeidOption::RetainPatientCharacteristics), Some(Action::Keep));
-        assert_eq!(row("DeviceSerialNumber").option(DeidOption::RetainDeviceIdentity), Some(Action::Keep));
-        assert_eq!(row("SeriesDescription").option(DeidOption::CleanDescriptors), Some(Action::Clean));
-        assert_eq!(row("ContentSequence").option(DeidOption::CleanStructuredContent), Some(Action::Clean));
+        assert_eq!(
+            study_date.option(DeidOption::RetainLongitudinalFullDates),
+            Some(Action::Keep)
+        );
+        assert_eq!(
+            study_date.option(DeidOption::RetainLongitudinalModifiedDates),
+            Some(Action::Clean)
+        );
+        assert_eq!(
+            row("PatientSex").option(DeidOption::RetainPatientCharacteristics),
+            Some(Action::Keep)
+        );
+        assert_eq!(
+            row("DeviceSerialNumber").option(DeidOption::RetainDeviceIdentity),
+            Some(Action::Keep)
+        );
+        assert_eq!(
+            row("SeriesDescription").option(DeidOption::CleanDescriptors),
+            Some(Action::Clean)
+        );
+        assert_eq!(
+            row("ContentSequence").option(DeidOption::CleanStructuredContent),
+            Some(Action::Clean)
+        );
     }
 
     #[test]
@@ -289,7 +324,10 @@ mod tests {
         assert_eq!(overlay.name, "Overlay Data");
         assert_eq!(overlay.option(DeidOption::CleanGraphics), Some(Action::Clean));
         assert_eq!(table.row(Tag(0x6000, 0x4000)).unwrap().name, "Overlay Comments");
-        assert!(table.row(Tag(0x6000, 0x0010)).is_none(), "overlay rows are not in the table");
+        assert!(
+            table.row(Tag(0x6000, 0x0010)).is_none(),
+            "overlay rows are not in the table"
+        );
         assert_eq!(table.row(Tag(0x5004, 0x3000)).unwrap().name, "Curve Data");
         let private = table.row(Tag(0x0009, 0x1010)).unwrap();
         assert_eq!(private.basic, Action::Remove);
