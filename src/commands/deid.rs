@@ -26,9 +26,19 @@ pub struct DeidArgs {
 
 /// What happened to one input.
 enum Outcome {
-    Written { crosswalk: Vec<(String, String, String)> },
+    Written {
+        crosswalk: Vec<(String, String, String)>,
+    },
+    /// The same instance, byte for byte, as another input: recorded and dropped.
+    Duplicate,
     Quarantined(ReasonCode),
 }
+
+/// Output paths already written in this run: which input wrote each, and a
+/// digest of the bytes. Two inputs that become the same instance are either
+/// identical (one is dropped) or conflicting (the one whose path sorts last
+/// is quarantined), whatever order the workers finish in.
+type Claims = std::sync::Mutex<std::collections::HashMap<PathBuf, (PathBuf, [u8; 32])>>;
 
 pub fn run(args: DeidArgs) -> Result<i32> {
     if args.pipeline.is_some() && !args.options.is_empty() {
@@ -81,7 +91,8 @@ pub fn run(args: DeidArgs) -> Result<i32> {
     let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<Outcome>>(jobs * 2);
     let total = files.len();
     let mut reasons: BTreeMap<ReasonCode, usize> = BTreeMap::new();
-    let mut written = 0usize;
+    let mut duplicates = 0usize;
+    let claims = Claims::default();
     let mut crosswalk: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut first_error = None;
     std::thread::scope(|scope| {
@@ -92,9 +103,10 @@ pub fn run(args: DeidArgs) -> Result<i32> {
             let output = &args.output;
             let quarantine_dir = &quarantine_dir;
             let key = &key;
+            let claims = &claims;
             scope.spawn(move || {
                 for path in work_rx {
-                    let outcome = process(deidentifier, key, &path, output, quarantine_dir);
+                    let outcome = process(deidentifier, key, &path, output, quarantine_dir, claims);
                     if done_tx.send(outcome).is_err() {
                         break;
                     }
@@ -111,8 +123,8 @@ pub fn run(args: DeidArgs) -> Result<i32> {
         });
         for outcome in done_rx {
             match outcome {
+                Ok(Outcome::Duplicate) => duplicates += 1,
                 Ok(Outcome::Written { crosswalk: entries }) => {
-                    written += 1;
                     for (attribute, original, replacement) in entries {
                         crosswalk.insert((attribute, original), replacement);
                     }
@@ -132,8 +144,9 @@ pub fn run(args: DeidArgs) -> Result<i32> {
             .with_context(|| format!("deid: cannot write crosswalk {}", path.display()))?;
     }
     let quarantined: usize = reasons.values().sum();
+    let written = claims.lock().map(|c| c.len()).unwrap_or(0);
     println!(
-        "de-identified {written} of {total} file(s) into {}; quarantined {quarantined}{}",
+        "de-identified {written} of {total} file(s) into {}; dropped {duplicates} identical duplicate(s); quarantined {quarantined}{}",
         args.output.display(),
         if quarantined > 0 {
             format!(
@@ -188,6 +201,7 @@ fn process(
     path: &Path,
     output: &Path,
     quarantine_dir: &Path,
+    claims: &Claims,
 ) -> Result<Outcome> {
     let metadata = std::fs::symlink_metadata(path).with_context(|| format!("deid: cannot stat {}", path.display()))?;
     let result = if !metadata.file_type().is_file() {
@@ -208,12 +222,38 @@ fn process(
                 }
             };
             let target = output.join(deidentified.relative_path());
+            let digest: [u8; 32] = {
+                use sha2::Digest;
+                sha2::Sha256::digest(&bytes).into()
+            };
+            let mut claimed = claims.lock().map_err(|_| anyhow::anyhow!("deid: a worker panicked"))?;
+            let loser = match claimed.get(&target) {
+                Some((_, other_digest)) if *other_digest == digest => return Ok(Outcome::Duplicate),
+                Some((other_input, _)) if other_input.as_path() < path => Some(path.to_path_buf()),
+                Some((other_input, _)) => Some(other_input.clone()),
+                None => None,
+            };
+            let conflict = || {
+                Rejection::new(
+                    ReasonCode::ConflictingDuplicate,
+                    "another input has the same SOP Instance UID with different content",
+                )
+            };
+            if loser.as_deref() == Some(path) {
+                drop(claimed);
+                return quarantine(key, path, quarantine_dir, &conflict());
+            }
+            claimed.insert(target.clone(), (path.to_path_buf(), digest));
             if let Some(parent) = target.parent() {
                 fsutil::create_private_dir(parent)
                     .with_context(|| format!("deid: cannot create {}", parent.display()))?;
             }
             fsutil::write_atomic(&target, &bytes, 0o640)
                 .with_context(|| format!("deid: cannot write {}", target.display()))?;
+            drop(claimed);
+            if let Some(replaced) = loser {
+                quarantine(key, &replaced, quarantine_dir, &conflict())?;
+            }
             let crosswalk = deidentified
                 .crosswalk
                 .into_iter()

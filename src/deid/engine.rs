@@ -383,7 +383,7 @@ impl Deidentifier {
                 (tags::FRAME_OF_REFERENCE_UID, "FrameOfReferenceUID"),
             ] {
                 if let Some(value) = string_of(original, tag) {
-                    if !uid::is_registered(&value) && contains(&bytes, value.as_bytes()) {
+                    if !uid::is_registered(&value) && contains_uid(&bytes, &value) {
                         return Err(Rejection::new(
                             ReasonCode::ResidualPhi,
                             format!("the original {keyword} still appears in the de-identified output"),
@@ -598,7 +598,12 @@ impl Walk<'_> {
 
     fn dummy(&mut self, element: &InMemElement) -> InMemElement {
         match element.vr() {
-            VR::SQ => self.keep(element),
+            // A dummy sequence: present, non-empty, and carrying nothing.
+            VR::SQ => DataElement::new(
+                element.tag(),
+                VR::SQ,
+                DataSetSequence::from(vec![InMemDicomObject::new_empty()]),
+            ),
             VR::UI => self.uid(element),
             vr => DataElement::new(element.tag(), vr, dummy_value(vr)),
         }
@@ -666,9 +671,8 @@ impl Walk<'_> {
         if element.vr() == VR::SQ {
             return self.keep(element);
         }
-        if self.retain_uids() {
-            return element.clone();
-        }
+        // Reached only when the effective action is U: rows that Retain UIDs
+        // does not mark K (e.g. Digital Signature UID) are remapped even then.
         let keyword = keyword_of(element.tag());
         let mapped: Vec<String> = multi_str(element)
             .iter()
@@ -788,6 +792,17 @@ fn blank_product_names(object: &mut InMemDicomObject) {
             object.put(DataElement::new(tag, VR::SQ, DataSetSequence::from(items)));
         }
     }
+}
+
+/// Whether `uid` occurs as a whole UID (not as the prefix of a longer one).
+fn contains_uid(haystack: &[u8], uid: &str) -> bool {
+    let needle = uid.as_bytes();
+    let is_uid_byte = |b: u8| b.is_ascii_digit() || b == b'.';
+    haystack.windows(needle.len()).enumerate().any(|(at, window)| {
+        window == needle
+            && (at == 0 || !is_uid_byte(haystack[at - 1]))
+            && haystack.get(at + needle.len()).is_none_or(|&b| !is_uid_byte(b))
+    })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

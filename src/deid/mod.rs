@@ -19,5 +19,5 @@ pub mod uid;
 
 pub use engine::{CrosswalkEntry, DeidError, Deidentified, Deidentifier};
 pub use options::DeidOption;
-pub use read::{read_header, read_instance};
+pub use read::{read_header, read_instance, HeaderSummary};
 pub use uid::map_uid;
