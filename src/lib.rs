@@ -12,3 +12,4 @@ pub mod logging;
 pub mod phi;
 pub mod quarantine;
 pub mod runtime;
+pub mod synth;
