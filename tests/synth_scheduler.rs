@@ -35,7 +35,12 @@ fn check(file: &str, kind: SamplerKind) {
         let schedule = NoiseSchedule::new(&case.config);
         let steps = case.timesteps.len();
         let mut sampler = scheduler::build(kind, &schedule, steps, case.eta);
-        assert_eq!(sampler.timesteps(), case.timesteps.as_slice(), "{file} {}: timesteps", case.name);
+        assert_eq!(
+            sampler.timesteps(),
+            case.timesteps.as_slice(),
+            "{file} {}: timesteps",
+            case.name
+        );
         let mut x = case.samples[0].clone();
         let n = x.len();
         for (index, expected) in case.samples[1..].iter().enumerate() {

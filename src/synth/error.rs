@@ -7,7 +7,9 @@ use std::path::PathBuf;
 pub enum SynthError {
     #[error("model manifest {path}: {reason}")]
     Manifest { path: PathBuf, reason: String },
-    #[error("model {model} disagrees with its manifest {manifest}: {differences}; re-export the model or fix the manifest")]
+    #[error(
+        "model {model} disagrees with its manifest {manifest}: {differences}; re-export the model or fix the manifest"
+    )]
     ContractMismatch {
         model: PathBuf,
         manifest: PathBuf,

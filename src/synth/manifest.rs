@@ -240,7 +240,10 @@ impl Manifest {
     pub fn from_toml(path: &Path, text: &str) -> Result<Manifest, SynthError> {
         let manifest: Manifest = toml::from_str(text).map_err(|error| SynthError::Manifest {
             path: path.to_path_buf(),
-            reason: format!("{}; see docs/model-contract.md for the layout", error.to_string().trim()),
+            reason: format!(
+                "{}; see docs/model-contract.md for the layout",
+                error.to_string().trim()
+            ),
         })?;
         manifest.check(path)?;
         Ok(manifest)
@@ -292,7 +295,9 @@ impl Manifest {
             return Err(bad("scheduler.clip_sample_range must be positive".into()));
         }
         if self.model.sha256.len() != 64 || !self.model.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("model.sha256 must be 64 hex digits (sha256sum of the ONNX file)".into()));
+            return Err(bad(
+                "model.sha256 must be 64 hex digits (sha256sum of the ONNX file)".into()
+            ));
         }
         let learned = matches!(s.variance_type, VarianceType::Learned | VarianceType::LearnedRange);
         if learned != self.output.learned_variance {
@@ -302,18 +307,24 @@ impl Manifest {
             )));
         }
         if self.inputs.sample_channels == 0 || self.geometry.height == 0 || self.geometry.width == 0 {
-            return Err(bad("inputs.sample_channels and geometry.height/width must be positive".into()));
+            return Err(bad(
+                "inputs.sample_channels and geometry.height/width must be positive".into()
+            ));
         }
         let i = &self.intensity;
         if !(0.0 <= i.lower_percentile && i.lower_percentile < i.upper_percentile && i.upper_percentile <= 100.0) {
-            return Err(bad("intensity: expected 0 <= lower_percentile < upper_percentile <= 100".into()));
+            return Err(bad(
+                "intensity: expected 0 <= lower_percentile < upper_percentile <= 100".into(),
+            ));
         }
         if i.range[0] >= i.range[1] {
             return Err(bad("intensity.range must be [low, high] with low < high".into()));
         }
         if let Some(default) = &self.inputs.class_label_default {
             if default.len() != self.inputs.class_labels.len() {
-                return Err(bad("inputs.class_label_default must have one value per class_labels slot".into()));
+                return Err(bad(
+                    "inputs.class_label_default must have one value per class_labels slot".into(),
+                ));
             }
         }
         Ok(())
@@ -353,9 +364,5 @@ pub fn sha256_file(path: &Path) -> Result<String, SynthError> {
         }
         hasher.update(&buffer[..read]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>())
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>())
 }

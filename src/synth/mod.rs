@@ -8,3 +8,15 @@ pub mod scheduler;
 
 pub use error::SynthError;
 pub use manifest::Manifest;
+pub mod contract;
+pub mod engine;
+pub mod inpaint;
+pub mod mask;
+pub mod noise;
+pub mod session;
+pub mod tensor;
+
+pub use engine::{Engine, SeriesRequest, SeriesResult, SliceInput, SliceOutput};
+pub use mask::SliceGeometry;
+pub use session::EngineOptions;
+pub use tensor::{to_stored, Normalization, Placement, StoredFormat};

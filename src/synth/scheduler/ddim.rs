@@ -38,7 +38,14 @@ impl Sampler for Ddim {
         self.eta > 0.0
     }
 
-    fn step(&mut self, index: usize, model_output: &[f32], _variance: Option<&[f32]>, sample: &mut [f32], noise: Option<&[f32]>) {
+    fn step(
+        &mut self,
+        index: usize,
+        model_output: &[f32],
+        _variance: Option<&[f32]>,
+        sample: &mut [f32],
+        noise: Option<&[f32]>,
+    ) {
         let config = &self.schedule.config;
         let t = self.timesteps[index];
         let alpha_bar_t = self.schedule.alpha_bar(t);

@@ -36,7 +36,14 @@ impl Sampler for Ddpm {
         self.timesteps[index] > 0
     }
 
-    fn step(&mut self, index: usize, model_output: &[f32], variance: Option<&[f32]>, sample: &mut [f32], noise: Option<&[f32]>) {
+    fn step(
+        &mut self,
+        index: usize,
+        model_output: &[f32],
+        variance: Option<&[f32]>,
+        sample: &mut [f32],
+        noise: Option<&[f32]>,
+    ) {
         let config = &self.schedule.config;
         let t = self.timesteps[index];
         let alpha_bar_t = self.schedule.alpha_bar(t);

@@ -73,7 +73,14 @@ impl Sampler for DpmSolverPlusPlus {
         false
     }
 
-    fn step(&mut self, index: usize, model_output: &[f32], _variance: Option<&[f32]>, sample: &mut [f32], _noise: Option<&[f32]>) {
+    fn step(
+        &mut self,
+        index: usize,
+        model_output: &[f32],
+        _variance: Option<&[f32]>,
+        sample: &mut [f32],
+        _noise: Option<&[f32]>,
+    ) {
         let prediction = self.schedule.config.prediction_type;
         let (alpha_s, sigma_s, lambda_s) = Self::alpha_sigma_lambda(self.sigmas[index]);
         let alpha_bar_s = alpha_s * alpha_s;

@@ -136,18 +136,20 @@ pub trait Sampler: Send {
     fn is_stochastic(&self, index: usize) -> bool;
     /// x_t → x_{t−1} in place. `variance` is the model's variance channel(s)
     /// for learned-variance models; `noise` is given when `is_stochastic`.
-    fn step(&mut self, index: usize, model_output: &[f32], variance: Option<&[f32]>, sample: &mut [f32], noise: Option<&[f32]>);
+    fn step(
+        &mut self,
+        index: usize,
+        model_output: &[f32],
+        variance: Option<&[f32]>,
+        sample: &mut [f32],
+        noise: Option<&[f32]>,
+    );
     /// Forget multistep history (after a RePaint jump back in time).
     fn reset(&mut self) {}
 }
 
 /// Builds the sampler a pipeline asks for.
-pub fn build(
-    kind: SamplerKind,
-    schedule: &NoiseSchedule,
-    steps: usize,
-    eta: f64,
-) -> Box<dyn Sampler> {
+pub fn build(kind: SamplerKind, schedule: &NoiseSchedule, steps: usize, eta: f64) -> Box<dyn Sampler> {
     match kind {
         SamplerKind::Ddpm => Box::new(ddpm::Ddpm::new(schedule.clone(), steps)),
         SamplerKind::Ddim => Box::new(ddim::Ddim::new(schedule.clone(), steps, eta)),
@@ -166,13 +168,20 @@ mod tests {
 
     #[test]
     fn leading_spacing_matches_diffusers() {
-        assert_eq!(leading_timesteps(1000, 10), vec![900, 800, 700, 600, 500, 400, 300, 200, 100, 0]);
+        assert_eq!(
+            leading_timesteps(1000, 10),
+            vec![900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+        );
         assert_eq!(leading_timesteps(1000, 3), vec![666, 333, 0]);
     }
 
     #[test]
     fn alphas_cumprod_decrease_from_near_one() {
-        for schedule in [BetaSchedule::Linear, BetaSchedule::ScaledLinear, BetaSchedule::SquaredcosCapV2] {
+        for schedule in [
+            BetaSchedule::Linear,
+            BetaSchedule::ScaledLinear,
+            BetaSchedule::SquaredcosCapV2,
+        ] {
             let config = SchedulerConfig {
                 beta_schedule: schedule,
                 ..SchedulerConfig::default()
