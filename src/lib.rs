@@ -13,3 +13,4 @@ pub mod output;
 pub mod phi;
 pub mod quarantine;
 pub mod runtime;
+pub mod synth;

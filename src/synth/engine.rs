@@ -1,0 +1,364 @@
+//! The engine the output stage calls: one series in, inpainted slices out.
+//!
+//! Three threads per series, joined by bounded channels: a preparer
+//! (normalise, resample, build masks and cond), the inference loop (sampler
+//! steps over ONNX Runtime), and a finisher (inverse mapping and composite).
+//! The inference loop never waits on preparation or encoding while work is
+//! queued.
+
+use super::contract;
+use super::error::SynthError;
+use super::inpaint::{self, Prepared};
+use super::manifest::{self, Manifest};
+use super::mask::{self, MaskSlice, SliceGeometry};
+use super::scheduler::NoiseSchedule;
+use super::session::{EngineOptions, ModelSession};
+use super::tensor::{self, Placement};
+use crate::config::pipeline::{ProviderKind, Synth};
+use crate::runtime::RuntimeInfo;
+use crossbeam_channel::bounded;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One slice of a series, in real-world values (after Rescale Slope/Intercept).
+#[derive(Debug, Clone)]
+pub struct SliceInput {
+    /// A stable id, normally the source SOP Instance UID: it seeds the noise.
+    pub id: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// Row-major, rows × cols.
+    pub values: Vec<f32>,
+    pub geometry: SliceGeometry,
+    /// 1 = inpaint; None = generate (all slices of a request are generated
+    /// together so that the blobs are coherent across slices).
+    pub mask: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeriesRequest {
+    pub slices: Vec<SliceInput>,
+    pub variant: u32,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SliceOutput {
+    /// Same shape as the input; every pixel outside the mask is bit-identical to it.
+    pub values: Vec<f32>,
+    pub mask: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeriesResult {
+    pub slices: Vec<SliceOutput>,
+    /// Seconds inside `Session::run`, all batches and steps.
+    pub ort_seconds: f64,
+    /// Wall seconds for the whole request.
+    pub total_seconds: f64,
+    /// Seconds inside `Session::run` per sampler step, summed over batches.
+    pub step_ort_seconds: Vec<f64>,
+    pub model_runs: usize,
+}
+
+pub struct Engine {
+    session: ModelSession,
+    manifest: Manifest,
+    sha256: String,
+    schedule: NoiseSchedule,
+    synth: Synth,
+    model: PathBuf,
+}
+
+impl Engine {
+    pub fn new(
+        runtime: &RuntimeInfo,
+        model_path: &Path,
+        synth: &Synth,
+        options: EngineOptions,
+    ) -> Result<Engine, SynthError> {
+        let sidecar = manifest::Manifest::load_sidecar(model_path)?;
+        let (manifest, manifest_path) = match sidecar {
+            Some(found) => (found, manifest::sidecar_path(model_path)),
+            None => {
+                let probe = ort::session::Session::builder(&runtime.environment)
+                    .and_then(|mut b| b.commit_from_file(model_path))
+                    .map_err(|e| SynthError::ModelRead {
+                        path: model_path.to_path_buf(),
+                        reason: format!("ONNX Runtime cannot load it: {e}"),
+                    })?;
+                contract::find_manifest(model_path, Some(&probe))?
+            }
+        };
+        let sha256 = manifest::sha256_file(model_path)?;
+        if sha256 != manifest.model.sha256.to_ascii_lowercase() {
+            return Err(SynthError::ContractMismatch {
+                model: model_path.to_path_buf(),
+                manifest: manifest_path,
+                differences: format!(
+                    "sha256 of the file is {sha256}, the manifest says {}",
+                    manifest.model.sha256
+                ),
+            });
+        }
+        if manifest.inputs.sample_channels != 1 {
+            return Err(SynthError::Setting {
+                key: "synth.model",
+                reason: format!(
+                    "the model takes {} sample channels; synthd feeds single-channel slices (sample_channels = 1)",
+                    manifest.inputs.sample_channels
+                ),
+            });
+        }
+        if synth.guidance != 1.0 && manifest.inputs.class_labels.is_empty() {
+            return Err(SynthError::Setting {
+                key: "synth.guidance",
+                reason: format!(
+                    "{} needs a model with class_labels for classifier-free guidance, and {} has none; set guidance = 1.0",
+                    synth.guidance,
+                    model_path.display()
+                ),
+            });
+        }
+        let session = ModelSession::open(runtime, model_path, &manifest, synth, &options)?;
+        let problems = session.differences(&manifest);
+        if !problems.is_empty() {
+            return Err(SynthError::ContractMismatch {
+                model: model_path.to_path_buf(),
+                manifest: manifest_path,
+                differences: problems.join("; "),
+            });
+        }
+        Ok(Engine {
+            schedule: NoiseSchedule::new(&manifest.scheduler),
+            session,
+            manifest,
+            sha256,
+            synth: synth.clone(),
+            model: model_path.to_path_buf(),
+        })
+    }
+
+    pub fn provider(&self) -> ProviderKind {
+        self.session.provider
+    }
+
+    /// Why each provider listed before the serving one could not serve.
+    pub fn provider_fallbacks(&self) -> &[String] {
+        &self.session.fallbacks
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn model_sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn model_path(&self) -> &Path {
+        &self.model
+    }
+
+    pub fn synth(&self) -> &Synth {
+        &self.synth
+    }
+
+    pub fn inpaint_series(&self, request: &SeriesRequest) -> Result<SeriesResult, SynthError> {
+        let started = Instant::now();
+        check_request(request)?;
+        let masks = self.masks(request);
+        let slices_values: Vec<&[f32]> = request.slices.iter().map(|s| s.values.as_slice()).collect();
+        let norms = tensor::normalizations(&self.manifest.intensity, &slices_values);
+        let (h, w) = (
+            self.manifest.geometry.height as usize,
+            self.manifest.geometry.width as usize,
+        );
+        let batch = self.synth.batch.max(1) as usize;
+        let indices: Vec<usize> = (0..request.slices.len()).collect();
+        let (to_infer, from_prepare) = bounded::<Vec<Prepared>>(1);
+        let (to_finish, from_infer) = bounded::<(Vec<Prepared>, Vec<f32>)>(1);
+        let mut outputs: Vec<Option<SliceOutput>> = vec![None; request.slices.len()];
+        let mut totals = inpaint::Timing::new(self.steps());
+        let feather = self.synth.feather_px;
+        let result: Result<(), SynthError> = std::thread::scope(|scope| {
+            let masks = &masks;
+            let norms = &norms;
+            let preparer = scope.spawn(move || {
+                for chunk in indices.chunks(batch) {
+                    let prepared: Vec<Prepared> = chunk
+                        .iter()
+                        .map(|&i| {
+                            let s = &request.slices[i];
+                            let placement = Placement::fit(s.rows, s.cols, h, w);
+                            let pad = norms[i].range[0];
+                            let known = placement
+                                .to_grid(&s.values.iter().map(|&v| norms[i].forward(v)).collect::<Vec<_>>(), pad);
+                            Prepared {
+                                index: i,
+                                id: s.id.clone(),
+                                placement,
+                                known,
+                                mask: placement.mask_to_grid(&masks[i]),
+                            }
+                        })
+                        .collect();
+                    if to_infer.send(prepared).is_err() {
+                        return;
+                    }
+                }
+            });
+            let finisher = scope.spawn(move || {
+                let mut done = Vec::new();
+                for (batch, grids) in from_infer {
+                    for (k, p) in batch.iter().enumerate() {
+                        let s = &request.slices[p.index];
+                        let grid = &grids[k * h * w..(k + 1) * h * w];
+                        let values =
+                            inpaint::composite(s, &masks[p.index], &norms[p.index], &p.placement, grid, feather);
+                        done.push((
+                            p.index,
+                            SliceOutput {
+                                values,
+                                mask: masks[p.index].clone(),
+                            },
+                        ));
+                    }
+                }
+                done
+            });
+            let mut failure = None;
+            for prepared in from_prepare.iter() {
+                match inpaint::denoise(
+                    &self.session,
+                    &self.manifest,
+                    &self.schedule,
+                    &self.synth,
+                    request,
+                    &prepared,
+                    &mut totals,
+                ) {
+                    Ok(grids) => {
+                        if to_finish.send((prepared, grids)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            drop(from_prepare);
+            drop(to_finish);
+            preparer
+                .join()
+                .map_err(|_| SynthError::Thread("the preparer thread panicked".into()))?;
+            let done = finisher
+                .join()
+                .map_err(|_| SynthError::Thread("the finisher thread panicked".into()))?;
+            if let Some(error) = failure {
+                return Err(error);
+            }
+            for (index, output) in done {
+                outputs[index] = Some(output);
+            }
+            Ok(())
+        });
+        result?;
+        let slices = outputs
+            .into_iter()
+            .enumerate()
+            .map(|(index, o)| o.ok_or_else(|| SynthError::Thread(format!("slice {index} was not finished"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SeriesResult {
+            slices,
+            ort_seconds: totals.ort_seconds,
+            total_seconds: started.elapsed().as_secs_f64(),
+            step_ort_seconds: totals.per_step,
+            model_runs: totals.runs,
+        })
+    }
+
+    fn steps(&self) -> usize {
+        self.synth.steps as usize
+    }
+
+    /// Given masks, or generated ones for the whole series at once.
+    fn masks(&self, request: &SeriesRequest) -> Vec<Vec<u8>> {
+        if request.slices.iter().all(|s| s.mask.is_some()) {
+            return request
+                .slices
+                .iter()
+                .map(|s| s.mask.clone().unwrap_or_default())
+                .collect();
+        }
+        let views: Vec<MaskSlice> = request
+            .slices
+            .iter()
+            .map(|s| MaskSlice {
+                rows: s.rows,
+                cols: s.cols,
+                values: &s.values,
+                geometry: s.geometry,
+            })
+            .collect();
+        let series_key: String = request
+            .slices
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>()
+            .join("\\");
+        let spec = &self.synth.mask;
+        let generated = mask::generate(
+            &views,
+            request.seed,
+            &series_key,
+            request.variant,
+            spec.count,
+            spec.diameter_mm,
+        );
+        request
+            .slices
+            .iter()
+            .zip(generated)
+            .map(|(s, g)| s.mask.clone().unwrap_or(g))
+            .collect()
+    }
+}
+
+fn check_request(request: &SeriesRequest) -> Result<(), SynthError> {
+    if request.slices.is_empty() {
+        return Err(SynthError::EmptyRequest);
+    }
+    for (index, s) in request.slices.iter().enumerate() {
+        let bad = |reason: String| SynthError::BadSlice { index, reason };
+        if s.rows == 0 || s.cols == 0 || s.values.len() != s.rows * s.cols {
+            return Err(bad(format!(
+                "{} values for {} rows × {} columns; the pixel data does not match the slice size",
+                s.values.len(),
+                s.rows,
+                s.cols
+            )));
+        }
+        if s.values.iter().any(|v| !v.is_finite()) {
+            return Err(bad(
+                "pixel values are not all finite; check Rescale Slope/Intercept".into()
+            ));
+        }
+        if let Some(m) = &s.mask {
+            if m.len() != s.values.len() {
+                return Err(bad(format!(
+                    "the mask has {} values for {} pixels",
+                    m.len(),
+                    s.values.len()
+                )));
+            }
+        }
+        let [dr, dc] = s.geometry.pixel_spacing_mm;
+        if !(dr > 0.0 && dc > 0.0) {
+            return Err(bad("pixel spacing must be positive".into()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! Inpainting on model grids. Conditioned models see the known image and the
+//! mask through `cond` every step; unconditional models get RePaint
+//! (Lugmayr et al. 2022): after every step the known region is replaced by
+//! the forward-noised original, with `jump_length`/`jump_n_sample` resampling.
+//! Either way the composite keeps every pixel outside the mask exactly.
+
+use super::engine::{SeriesRequest, SliceInput};
+use super::error::SynthError;
+use super::manifest::{CondChannel, Manifest};
+use super::mask::feather_weights;
+use super::noise::{fill_normal, slice_rng};
+use super::scheduler::{self, NoiseSchedule};
+use super::session::{BatchInput, ModelSession};
+use super::tensor::{Normalization, Placement};
+use crate::config::pipeline::Synth;
+use rand_chacha::ChaCha20Rng;
+
+/// One slice ready for the model: known image and mask on the H×W grid.
+pub struct Prepared {
+    pub index: usize,
+    pub id: String,
+    pub placement: Placement,
+    /// The slice in model units, resampled into the grid, padding at range low.
+    pub known: Vec<f32>,
+    /// 1 = inpaint, on the grid.
+    pub mask: Vec<f32>,
+}
+
+/// Time inside ONNX Runtime.
+pub struct Timing {
+    pub ort_seconds: f64,
+    pub per_step: Vec<f64>,
+    pub runs: usize,
+}
+
+impl Timing {
+    pub fn new(steps: usize) -> Timing {
+        Timing {
+            ort_seconds: 0.0,
+            per_step: vec![0.0; steps],
+            runs: 0,
+        }
+    }
+}
+
+/// Runs the sampler over one batch; returns the denoised grids [n·H·W].
+pub fn denoise(
+    session: &ModelSession,
+    manifest: &Manifest,
+    schedule: &NoiseSchedule,
+    synth: &Synth,
+    request: &SeriesRequest,
+    batch: &[Prepared],
+    timing: &mut Timing,
+) -> Result<Vec<f32>, SynthError> {
+    let hw = (manifest.geometry.height * manifest.geometry.width) as usize;
+    let n = batch.len();
+    let mut rngs: Vec<ChaCha20Rng> = batch
+        .iter()
+        .map(|p| slice_rng(request.seed, &p.id, request.variant, "sampler"))
+        .collect();
+    let draw = |rngs: &mut [ChaCha20Rng]| {
+        let mut noise = vec![0.0f32; n * hw];
+        for (k, rng) in rngs.iter_mut().enumerate() {
+            fill_normal(rng, &mut noise[k * hw..(k + 1) * hw]);
+        }
+        noise
+    };
+    let mut x = draw(&mut rngs);
+    let known: Vec<f32> = batch.iter().flat_map(|p| p.known.iter().copied()).collect();
+    let mask: Vec<f32> = batch.iter().flat_map(|p| p.mask.iter().copied()).collect();
+    let conditioned = !manifest.inputs.cond.is_empty();
+    let cond = conditioned.then(|| build_cond(manifest, batch, hw));
+    let guided = synth.guidance != 1.0;
+    let labels = (!manifest.inputs.class_labels.is_empty()).then(|| {
+        let conditional = manifest.conditional_labels();
+        let mut labels: Vec<f32> = (0..n).flat_map(|_| conditional.iter().copied()).collect();
+        if guided {
+            // Classifier-free guidance: the second half of a 2N batch is unconditional.
+            labels.extend(std::iter::repeat_n(0.0, n * conditional.len()));
+        }
+        labels
+    });
+    let eta = synth.eta as f64;
+    let steps = synth.steps as usize;
+    let mut sampler = scheduler::build(synth.sampler, schedule, steps, eta);
+    let timesteps = sampler.timesteps().to_vec();
+    let steps = timesteps.len();
+    let learned = manifest.output.learned_variance;
+    let (jump_length, jump_n_sample) = (synth.jump_length as usize, synth.jump_n_sample as usize);
+    let mut jumps_done = vec![0usize; steps + 1];
+    let mut index = 0;
+    while index < steps {
+        let t = timesteps[index];
+        let (output, seconds) = run_guided(session, n, &x, t, cond.as_deref(), labels.as_deref(), guided, index)?;
+        timing.ort_seconds += seconds;
+        let slot = index.min(timing.per_step.len().saturating_sub(1));
+        timing.per_step[slot] += seconds;
+        timing.runs += 1;
+        let (prediction, variance) = split_output(&output, n, hw, learned, guided.then_some(synth.guidance));
+        if prediction.iter().any(|v| !v.is_finite()) {
+            return Err(SynthError::NonFinite { step: index });
+        }
+        let noise = sampler.is_stochastic(index).then(|| draw(&mut rngs));
+        sampler.step(index, &prediction, variance.as_deref(), &mut x, noise.as_deref());
+        let reached = index + 1;
+        if !conditioned {
+            // RePaint: the known region at the new noise level, q(x_{t−1} | x₀).
+            let alpha_bar = schedule.alpha_bar(sampler.previous_timestep(index));
+            let eps = draw(&mut rngs);
+            for i in 0..x.len() {
+                if mask[i] == 0.0 {
+                    x[i] = (alpha_bar.sqrt() * known[i] as f64 + (1.0 - alpha_bar).sqrt() * eps[i] as f64) as f32;
+                }
+            }
+            if jump_length > 0
+                && jump_n_sample > 1
+                && reached < steps
+                && reached >= jump_length
+                && reached % jump_length == 0
+                && jumps_done[reached] + 1 < jump_n_sample
+            {
+                jumps_done[reached] += 1;
+                // Back in time: x_to ~ q(x_to | x_from) = N(√(ᾱ_to/ᾱ_from) x, (1 − ᾱ_to/ᾱ_from) I).
+                let back = reached - jump_length;
+                let ratio = schedule.alpha_bar(timesteps[back]) / schedule.alpha_bar(timesteps[reached]);
+                let eps = draw(&mut rngs);
+                for i in 0..x.len() {
+                    x[i] = (ratio.sqrt() * x[i] as f64 + (1.0 - ratio).sqrt() * eps[i] as f64) as f32;
+                }
+                sampler.reset();
+                index = back;
+                continue;
+            }
+        }
+        index = reached;
+    }
+    Ok(x)
+}
+
+/// One model evaluation, doubled into conditional + unconditional halves
+/// for classifier-free guidance.
+#[allow(clippy::too_many_arguments)]
+fn run_guided(
+    session: &ModelSession,
+    n: usize,
+    x: &[f32],
+    timestep: i64,
+    cond: Option<&[f32]>,
+    labels: Option<&[f32]>,
+    guided: bool,
+    step: usize,
+) -> Result<(Vec<f32>, f64), SynthError> {
+    if !guided {
+        return session.run(
+            &BatchInput {
+                n,
+                sample: x,
+                timestep,
+                cond,
+                class_labels: labels,
+            },
+            step,
+        );
+    }
+    let doubled = |v: &[f32]| -> Vec<f32> { v.iter().chain(v.iter()).copied().collect() };
+    let sample = doubled(x);
+    let cond2 = cond.map(doubled);
+    session.run(
+        &BatchInput {
+            n: 2 * n,
+            sample: &sample,
+            timestep,
+            cond: cond2.as_deref(),
+            class_labels: labels,
+        },
+        step,
+    )
+}
+
+/// Splits [N, C(·2), H, W] into the prediction and (learned) variance, and
+/// applies guidance w: ε = ε_u + w (ε_c − ε_u) over a 2N output.
+pub fn split_output(
+    output: &[f32],
+    n: usize,
+    hw: usize,
+    learned: bool,
+    guidance: Option<f32>,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let per = if learned { 2 * hw } else { hw };
+    let half = |k: usize| &output[k * per..(k + 1) * per];
+    let mut prediction = Vec::with_capacity(n * hw);
+    let mut variance = learned.then(|| Vec::with_capacity(n * hw));
+    for k in 0..n {
+        let conditional = half(k);
+        match guidance {
+            Some(w) => {
+                let unconditional = half(n + k);
+                prediction.extend(
+                    conditional[..hw]
+                        .iter()
+                        .zip(&unconditional[..hw])
+                        .map(|(&c, &u)| u + w * (c - u)),
+                );
+            }
+            None => prediction.extend_from_slice(&conditional[..hw]),
+        }
+        if let Some(v) = variance.as_mut() {
+            v.extend_from_slice(&conditional[hw..]);
+        }
+    }
+    (prediction, variance)
+}
+
+/// cond planes per the manifest, per slice: [N, K, H, W].
+fn build_cond(manifest: &Manifest, batch: &[Prepared], hw: usize) -> Vec<f32> {
+    let mut cond = Vec::with_capacity(batch.len() * manifest.inputs.cond.len() * hw);
+    for p in batch {
+        for channel in &manifest.inputs.cond {
+            match channel {
+                CondChannel::MaskedImage => cond.extend(p.known.iter().zip(&p.mask).map(|(&v, &m)| v * (1.0 - m))),
+                CondChannel::Mask => cond.extend_from_slice(&p.mask),
+            }
+        }
+    }
+    cond
+}
+
+/// The synthetic grid back onto the slice: model units → real-world values,
+/// resampled to rows × cols, blended in under the mask. Outside the mask the
+/// input value is copied, so it is bit-identical.
+pub fn composite(
+    slice: &SliceInput,
+    mask: &[u8],
+    norm: &Normalization,
+    placement: &Placement,
+    grid: &[f32],
+    feather_px: u32,
+) -> Vec<f32> {
+    let real: Vec<f32> = grid
+        .iter()
+        .map(|&v| norm.inverse(v.clamp(norm.range[0], norm.range[1])))
+        .collect();
+    let synthetic = placement.from_grid(&real);
+    let weights = feather_weights(mask, slice.rows, slice.cols, feather_px);
+    slice
+        .values
+        .iter()
+        .zip(&synthetic)
+        .zip(mask.iter().zip(&weights))
+        .map(|((&original, &synth), (&m, &w))| {
+            if m == 0 {
+                original
+            } else if w >= 1.0 {
+                synth
+            } else {
+                w * synth + (1.0 - w) * original
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,194 @@
+//! Samplers over a trained noise schedule, one file each, matching diffusers'
+//! DDPMScheduler, DDIMScheduler and DPMSolverMultistepScheduler step for step
+//! (fixtures/schedulers/*.json hold the parity vectors).
+//!
+//! Values follow diffusers' float32 arithmetic where it matters: β and ᾱ are
+//! rounded to f32 exactly as torch computes them; per-pixel maths runs in f64
+//! and is rounded to f32 once per step.
+
+pub mod ddim;
+pub mod ddpm;
+pub mod dpm_solver;
+
+use super::manifest::{BetaSchedule, PredictionType, SchedulerConfig, VarianceType};
+use crate::config::pipeline::SamplerKind;
+
+/// ᾱ_t (alphas_cumprod) for t = 0..T, as diffusers holds them (f32 values).
+#[derive(Debug, Clone)]
+pub struct NoiseSchedule {
+    pub alphas_cumprod: Vec<f64>,
+    pub config: SchedulerConfig,
+}
+
+impl NoiseSchedule {
+    pub fn new(config: &SchedulerConfig) -> NoiseSchedule {
+        let t = config.num_train_timesteps as usize;
+        let betas: Vec<f32> = match (&config.trained_betas, config.beta_schedule) {
+            (Some(betas), _) => betas.iter().map(|&b| b as f32).collect(),
+            (None, BetaSchedule::Linear) => linspace_f32(config.beta_start as f32, config.beta_end as f32, t),
+            (None, BetaSchedule::ScaledLinear) => {
+                linspace_f32(config.beta_start.sqrt() as f32, config.beta_end.sqrt() as f32, t)
+                    .into_iter()
+                    .map(|b| b * b)
+                    .collect()
+            }
+            (None, BetaSchedule::SquaredcosCapV2) => cosine_betas(t),
+        };
+        // torch.cumprod on CPU accumulates float32 in double and stores f32.
+        let mut running = 1.0f64;
+        let alphas_cumprod = betas
+            .iter()
+            .map(|&beta| {
+                running *= (1.0f32 - beta) as f64;
+                running as f32 as f64
+            })
+            .collect();
+        NoiseSchedule {
+            alphas_cumprod,
+            config: config.clone(),
+        }
+    }
+
+    /// ᾱ at a timestep; negative timesteps (past the end) mean ᾱ = 1.
+    pub fn alpha_bar(&self, timestep: i64) -> f64 {
+        if timestep < 0 {
+            1.0
+        } else {
+            self.alphas_cumprod[timestep as usize]
+        }
+    }
+
+    pub fn num_train_timesteps(&self) -> i64 {
+        self.config.num_train_timesteps as i64
+    }
+}
+
+/// torch.linspace for float32 on CPU: the first half counts up from `start`,
+/// the second half down from `end`, with a float32 step.
+fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| {
+            if i < halfway {
+                start + step * i as f32
+            } else {
+                end - step * (steps - i - 1) as f32
+            }
+        })
+        .collect()
+}
+
+/// Nichol & Dhariwal 2021's cosine schedule (diffusers' betas_for_alpha_bar,
+/// max_beta 0.999), computed in f64 and rounded to f32 like diffusers.
+fn cosine_betas(t: usize) -> Vec<f32> {
+    let alpha_bar = |x: f64| ((x + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+    (0..t)
+        .map(|i| {
+            let t1 = i as f64 / t as f64;
+            let t2 = (i + 1) as f64 / t as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect()
+}
+
+/// diffusers' "leading" spacing with steps_offset 0: t = i·⌊T/n⌋, descending.
+pub fn leading_timesteps(train: i64, steps: usize) -> Vec<i64> {
+    let ratio = train / steps as i64;
+    (0..steps as i64).rev().map(|i| i * ratio).collect()
+}
+
+/// x̂₀ from a model prediction (Ho et al. 2020 eq. 15 for ε; v-prediction per Salimans & Ho 2022).
+#[inline]
+pub fn predict_x0(prediction: PredictionType, alpha_bar: f64, sample: f64, model_output: f64) -> f64 {
+    let beta_bar = 1.0 - alpha_bar;
+    match prediction {
+        PredictionType::Epsilon => (sample - beta_bar.sqrt() * model_output) / alpha_bar.sqrt(),
+        PredictionType::Sample => model_output,
+        PredictionType::VPrediction => alpha_bar.sqrt() * sample - beta_bar.sqrt() * model_output,
+    }
+}
+
+/// ε̂ from a model prediction.
+#[inline]
+pub fn predict_epsilon(prediction: PredictionType, alpha_bar: f64, sample: f64, model_output: f64) -> f64 {
+    let beta_bar = 1.0 - alpha_bar;
+    match prediction {
+        PredictionType::Epsilon => model_output,
+        PredictionType::Sample => (sample - alpha_bar.sqrt() * model_output) / beta_bar.sqrt(),
+        PredictionType::VPrediction => alpha_bar.sqrt() * model_output + beta_bar.sqrt() * sample,
+    }
+}
+
+/// One sampler run over a batch: its timesteps and the update x_t → x_{t−1}.
+///
+/// Buffers are flat [N·C·H·W]. Each element's update depends only on that
+/// element (and its own history), so results do not depend on batch make-up.
+pub trait Sampler: Send {
+    /// Model timesteps, first (noisiest) to last.
+    fn timesteps(&self) -> &[i64];
+    /// The timestep reached after step `index` (−1 = fully denoised).
+    fn previous_timestep(&self, index: usize) -> i64;
+    /// Whether step `index` adds fresh noise, to be drawn by the caller.
+    fn is_stochastic(&self, index: usize) -> bool;
+    /// x_t → x_{t−1} in place. `variance` is the model's variance channel(s)
+    /// for learned-variance models; `noise` is given when `is_stochastic`.
+    fn step(
+        &mut self,
+        index: usize,
+        model_output: &[f32],
+        variance: Option<&[f32]>,
+        sample: &mut [f32],
+        noise: Option<&[f32]>,
+    );
+    /// Forget multistep history (after a RePaint jump back in time).
+    fn reset(&mut self) {}
+}
+
+/// Builds the sampler a pipeline asks for.
+pub fn build(kind: SamplerKind, schedule: &NoiseSchedule, steps: usize, eta: f64) -> Box<dyn Sampler> {
+    match kind {
+        SamplerKind::Ddpm => Box::new(ddpm::Ddpm::new(schedule.clone(), steps)),
+        SamplerKind::Ddim => Box::new(ddim::Ddim::new(schedule.clone(), steps, eta)),
+        SamplerKind::DpmSolverPlusPlus => Box::new(dpm_solver::DpmSolverPlusPlus::new(schedule.clone(), steps)),
+    }
+}
+
+/// Whether the variance type reads a model-predicted variance channel.
+pub fn is_learned(variance: VarianceType) -> bool {
+    matches!(variance, VarianceType::Learned | VarianceType::LearnedRange)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_spacing_matches_diffusers() {
+        assert_eq!(
+            leading_timesteps(1000, 10),
+            vec![900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+        );
+        assert_eq!(leading_timesteps(1000, 3), vec![666, 333, 0]);
+    }
+
+    #[test]
+    fn alphas_cumprod_decrease_from_near_one() {
+        for schedule in [
+            BetaSchedule::Linear,
+            BetaSchedule::ScaledLinear,
+            BetaSchedule::SquaredcosCapV2,
+        ] {
+            let config = SchedulerConfig {
+                beta_schedule: schedule,
+                ..SchedulerConfig::default()
+            };
+            let s = NoiseSchedule::new(&config);
+            assert!(s.alphas_cumprod[0] > 0.99 && s.alphas_cumprod[0] < 1.0);
+            assert!(s.alphas_cumprod.windows(2).all(|w| w[1] < w[0]));
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! An ONNX Runtime session for the denoiser on the first execution provider
+//! that works, in the pipeline's order. Every provider is registered with
+//! error-on-failure, so a provider that cannot serve is reported, never
+//! silently replaced by ONNX Runtime's own CPU fallback.
+
+use super::contract::{self, TimestepInput};
+use super::error::SynthError;
+use super::manifest::{Manifest, TimestepDtype};
+use crate::config::pipeline::{ProviderKind, Synth};
+use crate::runtime::{self, RuntimeInfo};
+use ort::ep;
+use ort::session::Session;
+use ort::value::Tensor;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Settings that come from the daemon config rather than the pipeline.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// CPU intra-op threads; 0 = all cores.
+    pub intra_op_threads: u32,
+    /// Where TensorRT keeps its engine and timing caches (under `paths.state`).
+    pub cache_dir: PathBuf,
+}
+
+/// One model batch: flat [N·C·H·W] sample, per-sample timestep, optional
+/// cond [N·K·H·W] and class labels [N·L].
+pub struct BatchInput<'a> {
+    pub n: usize,
+    pub sample: &'a [f32],
+    pub timestep: i64,
+    pub cond: Option<&'a [f32]>,
+    pub class_labels: Option<&'a [f32]>,
+}
+
+pub struct ModelSession {
+    session: Mutex<Session>,
+    pub provider: ProviderKind,
+    /// Why each provider before `provider` could not serve.
+    pub fallbacks: Vec<String>,
+    timestep: TimestepInput,
+    output_name: String,
+    manifest: Manifest,
+}
+
+impl ModelSession {
+    pub fn open(
+        runtime: &RuntimeInfo,
+        model: &Path,
+        manifest: &Manifest,
+        synth: &Synth,
+        options: &EngineOptions,
+    ) -> Result<ModelSession, SynthError> {
+        let mut reasons = Vec::new();
+        for &kind in &synth.providers {
+            if kind == ProviderKind::Cpu && synth.require_gpu {
+                return Err(SynthError::GpuRequired {
+                    model: model.to_path_buf(),
+                    reasons: joined(&reasons),
+                });
+            }
+            let attempt = if runtime::compiled_in(kind) {
+                build(runtime, model, manifest, synth, options, kind).map_err(|raw| runtime::explain(kind, &raw))
+            } else {
+                Err(runtime::explain(kind, "not included in this ONNX Runtime build"))
+            };
+            match attempt {
+                Ok(session) => {
+                    tracing::info!(
+                        stage = "synth",
+                        provider = kind.name(),
+                        fallbacks = %joined(&reasons),
+                        "{} serves the denoiser{}",
+                        runtime::ort_name(kind),
+                        if reasons.is_empty() { String::new() } else { format!(" ({})", joined(&reasons)) }
+                    );
+                    let timestep = contract::timestep_input(session.inputs());
+                    let output_name = session
+                        .outputs()
+                        .first()
+                        .map(|o| o.name().to_string())
+                        .unwrap_or_default();
+                    return Ok(ModelSession {
+                        session: Mutex::new(session),
+                        provider: kind,
+                        fallbacks: reasons,
+                        timestep,
+                        output_name,
+                        manifest: manifest.clone(),
+                    });
+                }
+                Err(reason) => reasons.push(reason),
+            }
+        }
+        if synth.require_gpu {
+            return Err(SynthError::GpuRequired {
+                model: model.to_path_buf(),
+                reasons: joined(&reasons),
+            });
+        }
+        Err(SynthError::NoProvider {
+            model: model.to_path_buf(),
+            reasons: joined(&reasons),
+        })
+    }
+
+    /// Every way the session's graph disagrees with `manifest`.
+    pub fn differences(&self, manifest: &Manifest) -> Vec<String> {
+        let session = self.lock();
+        contract::differences(session.inputs(), session.outputs(), manifest)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs the model once; returns the flat output and the seconds spent in
+    /// `Session::run` alone.
+    pub fn run(&self, input: &BatchInput, step: usize) -> Result<(Vec<f32>, f64), SynthError> {
+        let fail = |reason: String| SynthError::ModelRun {
+            step,
+            timestep: input.timestep,
+            reason,
+        };
+        let g = &self.manifest.geometry;
+        let (h, w) = (g.height as usize, g.width as usize);
+        let c = self.manifest.inputs.sample_channels as usize;
+        let n = input.n;
+        let mut values: Vec<(String, ort::value::DynValue)> = Vec::with_capacity(4);
+        let sample = Tensor::from_array(([n, c, h, w], input.sample.to_vec())).map_err(|e| fail(e.to_string()))?;
+        values.push((contract::SAMPLE.into(), sample.into_dyn()));
+        let timestep = match (self.timestep.dtype, self.timestep.scalar) {
+            (TimestepDtype::Float32, false) => {
+                Tensor::from_array(([n], vec![input.timestep as f32; n])).map(|t| t.into_dyn())
+            }
+            (TimestepDtype::Float32, true) => {
+                Tensor::from_array((Vec::<usize>::new(), vec![input.timestep as f32])).map(|t| t.into_dyn())
+            }
+            (TimestepDtype::Int64, false) => Tensor::from_array(([n], vec![input.timestep; n])).map(|t| t.into_dyn()),
+            (TimestepDtype::Int64, true) => {
+                Tensor::from_array((Vec::<usize>::new(), vec![input.timestep])).map(|t| t.into_dyn())
+            }
+        }
+        .map_err(|e| fail(e.to_string()))?;
+        values.push((contract::TIMESTEP.into(), timestep));
+        if let Some(cond) = input.cond {
+            let k = self.manifest.inputs.cond.len();
+            let t = Tensor::from_array(([n, k, h, w], cond.to_vec())).map_err(|e| fail(e.to_string()))?;
+            values.push((contract::COND.into(), t.into_dyn()));
+        }
+        if let Some(labels) = input.class_labels {
+            let l = self.manifest.inputs.class_labels.len();
+            let t = Tensor::from_array(([n, l], labels.to_vec())).map_err(|e| fail(e.to_string()))?;
+            values.push((contract::CLASS_LABELS.into(), t.into_dyn()));
+        }
+        let mut session = self.lock();
+        let started = Instant::now();
+        let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
+        let seconds = started.elapsed().as_secs_f64();
+        let (_, data) = outputs[self.output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| fail(e.to_string()))?;
+        let expected = n * self.manifest.output_channels() as usize * h * w;
+        if data.len() != expected {
+            return Err(SynthError::OutputShape {
+                expected,
+                actual: data.len(),
+            });
+        }
+        Ok((data.to_vec(), seconds))
+    }
+}
+
+fn joined(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "no earlier provider was listed".to_string()
+    } else {
+        reasons.join("; ")
+    }
+}
+
+/// Shapes for TensorRT optimisation profiles: "sample:NxCxHxW,timestep:N,...".
+fn profile_shapes(manifest: &Manifest, n: usize) -> String {
+    let g = &manifest.geometry;
+    let (h, w) = (g.height, g.width);
+    let mut shapes = vec![format!(
+        "{}:{n}x{}x{h}x{w}",
+        contract::SAMPLE,
+        manifest.inputs.sample_channels
+    )];
+    shapes.push(format!("{}:{n}", contract::TIMESTEP));
+    if !manifest.inputs.cond.is_empty() {
+        shapes.push(format!("{}:{n}x{}x{h}x{w}", contract::COND, manifest.inputs.cond.len()));
+    }
+    if !manifest.inputs.class_labels.is_empty() {
+        shapes.push(format!(
+            "{}:{n}x{}",
+            contract::CLASS_LABELS,
+            manifest.inputs.class_labels.len()
+        ));
+    }
+    shapes.join(",")
+}
+
+fn build(
+    runtime: &RuntimeInfo,
+    model: &Path,
+    manifest: &Manifest,
+    synth: &Synth,
+    options: &EngineOptions,
+    kind: ProviderKind,
+) -> Result<Session, String> {
+    let dispatch = match kind {
+        ProviderKind::Tensorrt => {
+            let cache = options.cache_dir.join("tensorrt");
+            std::fs::create_dir_all(&cache)
+                .map_err(|e| format!("cannot create TensorRT cache folder {}: {e}", cache.display()))?;
+            // Guidance doubles the batch; the profile must cover both.
+            let batch = synth.batch as usize;
+            let max = if synth.guidance != 1.0 { 2 * batch } else { batch };
+            ep::TensorRT::default()
+                .with_fp16(synth.fp16)
+                .with_engine_cache(true)
+                .with_engine_cache_path(cache.display())
+                .with_timing_cache(true)
+                .with_timing_cache_path(cache.display())
+                .with_profile_min_shapes(profile_shapes(manifest, 1))
+                .with_profile_opt_shapes(profile_shapes(manifest, max))
+                .with_profile_max_shapes(profile_shapes(manifest, max))
+                .build()
+                .error_on_failure()
+        }
+        ProviderKind::Cuda => ep::CUDA::default().build().error_on_failure(),
+        ProviderKind::Cpu => ep::CPU::default().build().error_on_failure(),
+    };
+    let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
+    let builder = builder
+        .with_intra_threads(options.intra_op_threads as usize)
+        .map_err(|e| e.to_string())?
+        .with_inter_threads(1)
+        .map_err(|e| e.to_string())?
+        .with_execution_providers([dispatch])
+        .map_err(|e| e.to_string())?;
+    let mut builder = builder;
+    builder.commit_from_file(model).map_err(|e| e.to_string())
+}
