@@ -75,6 +75,24 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Run a pipeline once over a folder (overnight dataset generation, the demo); resumable.
+    Process {
+        /// The pipeline file (pipelines/NAME.toml).
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Folder of DICOM files (searched recursively).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output folder: <study>/<series>/<sop>.dcm, manifest.jsonl, previews.
+        #[arg(long)]
+        output: PathBuf,
+        /// The site key [default: deid.key_file of the daemon config].
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The daemon config, for its key file and runtime settings.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Write a fresh site key (32 random bytes, mode 0600) to FILE; never overwrites.
     Keygen { file: PathBuf },
 }
@@ -114,6 +132,19 @@ fn main() -> ExitCode {
             crosswalk,
             quarantine,
             jobs,
+        }),
+        Command::Process {
+            pipeline,
+            input,
+            output,
+            key_file,
+            config,
+        } => commands::process::run(commands::process::ProcessArgs {
+            pipeline,
+            input,
+            output,
+            key_file,
+            config,
         }),
         Command::Keygen { file } => synthd::keyfile::generate(&file)
             .map(|()| {

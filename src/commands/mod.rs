@@ -4,6 +4,7 @@
 pub mod deid;
 pub mod doctor;
 pub mod init;
+pub mod process;
 pub mod validate;
 
 /// The example pipelines shipped in `pipelines/`, written by `synthd init`.

@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod pixels;
 pub mod preview;
 pub mod seg;
+pub mod study;
 pub mod synthetic;
 pub mod uids;
 

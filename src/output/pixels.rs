@@ -133,7 +133,12 @@ pub fn compose(format: &PixelFormat, source: &[i32], synthetic_real: &[f32], mas
 /// Window Center and Width (real units) spanning the 0.5th to 99.5th
 /// percentile of the image, so that a viewer shows the synthetic content.
 pub fn window(format: &PixelFormat, stored: &[i32]) -> (f64, f64) {
-    let mut sorted: Vec<i32> = stored.to_vec();
+    // Background (the image minimum) would drag the window down; leave it out.
+    let floor = stored.iter().copied().min().unwrap_or(0);
+    let mut sorted: Vec<i32> = stored.iter().copied().filter(|&v| v > floor).collect();
+    if sorted.is_empty() {
+        sorted = stored.to_vec();
+    }
     sorted.sort_unstable();
     if sorted.is_empty() {
         return (0.0, 1.0);
