@@ -365,6 +365,15 @@ fn seg_masks(segs: &[&Deidentified], slices: &[&Deidentified], label: &str) -> O
         let cols = object.get(tags::COLUMNS)?.to_int::<usize>().ok()?;
         let bits = object.get(tags::PIXEL_DATA)?.to_bytes().ok()?;
         let frames = items_of(object, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+        // With one segment, writers often put the segment identification in
+        // the shared functional groups instead of every frame's.
+        let shared_segment = items_of(object, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
+            .first()
+            .and_then(|shared| items_of(shared, tags::SEGMENT_IDENTIFICATION_SEQUENCE).first().cloned())
+            .and_then(|i| {
+                i.get(tags::REFERENCED_SEGMENT_NUMBER)
+                    .and_then(|e| e.to_int::<u16>().ok())
+            });
         let mut masks: Vec<Vec<u8>> = slices.iter().map(|s| vec![0u8; pixel_count(&s.object)]).collect();
         let mut matched = false;
         for (frame, group) in frames.iter().enumerate() {
@@ -373,7 +382,8 @@ fn seg_masks(segs: &[&Deidentified], slices: &[&Deidentified], label: &str) -> O
                 .and_then(|i| {
                     i.get(tags::REFERENCED_SEGMENT_NUMBER)
                         .and_then(|e| e.to_int::<u16>().ok())
-                });
+                })
+                .or(shared_segment);
             if segment != Some(segment_number) {
                 continue;
             }
