@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# De-identification throughput, side by side in one run: synthd deid,
+# dicom-anonymizer (PyPI), gdcmanon (Debian libgdcm-tools) and plain cp as the
+# I/O ceiling, on pydicom's test files and on a generated 1,000-instance MR
+# series. Prints files/s, MB/s and peak RSS. Not a test: figures vary by machine.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+scripts/setup.sh >/dev/null
+cargo build --release --quiet
+synthd="$root/target/release/synthd"
+
+venv="$root/.bootstrap/bench-venv"
+if [ ! -x "$venv/bin/dicom-anonymizer" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check dicom-anonymizer==2.1.0
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/pydicom" "$work/series"
+testfiles=$(.venv/bin/python -c "import pydicom.data, os; print(os.path.join(os.path.dirname(pydicom.data.__file__), 'test_files'))")
+# Only the files every tool can parse are fair game: keep those dcmdump reads.
+for f in "$testfiles"/*.dcm; do dcmdump -q "$f" >/dev/null 2>&1 && cp "$f" "$work/pydicom/"; done
+.venv/bin/python fixtures/deid/make_series.py 1000 "$work/series"
+"$synthd" keygen "$work/site.key" >/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -subj "/CN=synthd-bench" -days 1 \
+  -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
+
+measure() { # name dataset command...
+  local name=$1 dataset=$2; shift 2
+  rm -rf "$work/out" "$work/out-quarantine"; mkdir -p "$work/out"
+  sync
+  local start end
+  start=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$work/rss" "$@" >/dev/null 2>&1 || true
+  end=$(date +%s.%N)
+  local files bytes
+  files=$(find "$work/$dataset" -type f | wc -l)
+  bytes=$(du -sb "$work/$dataset" | cut -f1)
+  awk -v n="$name" -v d="$dataset" -v f="$files" -v b="$bytes" -v s="$start" -v e="$end" -v r="$(cat "$work/rss")" \
+    'BEGIN { t = e - s; printf "%-18s %-8s %6d %8.1f %8.2f %9.1f %8.1f %8.1f\n", n, d, f, b/1048576, t, f/t, b/1048576/t, r/1024 }' 
+}
+
+largest=$(find "$work/pydicom" "$work/series" -type f -printf "%s\n" | sort -n | tail -1)
+awk -v b="$largest" 'BEGIN { printf "largest input file: %.1f MB\n", b/1048576 }' 
+printf "%-18s %-8s %6s %8s %8s %9s %8s %8s\n" tool dataset files MB seconds files/s MB/s peakMB
+for dataset in pydicom series; do
+  measure "cp" "$dataset" cp -r "$work/$dataset/." "$work/out/"
+  measure "synthd deid" "$dataset" "$synthd" deid "$work/$dataset" --output "$work/out" --key-file "$work/site.key" --jobs 2
+  measure "gdcmanon" "$dataset" gdcmanon -e -r --continue -c "$work/cert.pem" -i "$work/$dataset" -o "$work/out"
+  measure "dicom-anonymizer" "$dataset" "$venv/bin/dicom-anonymizer" "$work/$dataset" "$work/out"
+done
