@@ -7,7 +7,7 @@ use crate::config::pipeline::LoadedPipeline;
 use crate::deid::{self, Deidentified, Deidentifier};
 use crate::fsutil;
 use crate::keyfile::SiteKey;
-use crate::output::study::{write_study, StudyContext, StudyReport};
+use crate::output::study::{write_study, SourceWrites, StudyContext, StudyReport};
 use crate::phi::StudyKey;
 use crate::quarantine::{self, Stage};
 use crate::runtime;
@@ -136,7 +136,7 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
             pipeline_sha256: pipeline_sha256.clone(),
             engine: engine.as_ref(),
         };
-        let report = write_study(&context, &instances, &args.output)
+        let report = write_study(&context, &instances, &args.output, SourceWrites::Write)
             .with_context(|| format!("process: output stage, study {study_key}"))?;
         for reason in &report.skipped_series {
             tracing::warn!(stage = "synth", study = %study_key, "not synthesized: {reason}");

@@ -56,6 +56,19 @@ pub struct Deidentified {
 }
 
 impl Deidentified {
+    /// An instance synthd de-identified earlier, read back (e.g. from the
+    /// outbox, for a synthesis step that runs after the files were written).
+    pub fn from_written(object: DefaultDicomObject) -> Result<Deidentified, Rejection> {
+        Ok(Deidentified {
+            study_uid: valid_uid(&object, tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
+            series_uid: valid_uid(&object, tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
+            sop_instance_uid: valid_uid(&object, tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
+            sop_class_uid: string_of(&object, tags::SOP_CLASS_UID).unwrap_or_default(),
+            crosswalk: Vec::new(),
+            object,
+        })
+    }
+
     /// The Part 10 file bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, DeidError> {
         let mut bytes = Vec::new();

@@ -47,6 +47,14 @@ pub enum StudyError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
+/// Whether `write_study` writes the de-identified sources, or they are
+/// already in the outbox (the daemon writes each as soon as it is ready).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceWrites {
+    Write,
+    AlreadyWritten,
+}
+
 /// How a study's outputs are made.
 pub struct StudyContext<'a> {
     pub key: &'a SiteKey,
@@ -63,6 +71,7 @@ pub fn write_study(
     context: &StudyContext<'_>,
     instances: &[Deidentified],
     outbox: &Path,
+    sources: SourceWrites,
 ) -> Result<StudyReport, StudyError> {
     let Some(first) = instances.first() else {
         return Ok(StudyReport::default());
@@ -83,7 +92,9 @@ pub fn write_study(
     if pipeline.output.deidentified_source || !synthesize {
         for instance in instances {
             let relative = Path::new(&instance.series_uid).join(format!("{}.dcm", instance.sop_instance_uid));
-            write_object(&study_dir.join(&relative), &instance.object)?;
+            if sources == SourceWrites::Write {
+                write_object(&study_dir.join(&relative), &instance.object)?;
+            }
             report.source_instances += 1;
             entries.push(ManifestEntry {
                 path: relative.display().to_string(),
