@@ -38,7 +38,7 @@ measure() { # name dataset command...
   local files bytes
   files=$(find "$work/$dataset" -type f | wc -l)
   bytes=$(du -sb "$work/$dataset" | cut -f1)
-  awk -v n="$name" -v d="$dataset" -v f="$files" -v b="$bytes" -v s="$start" -v e="$end" -v r="$(cat "$work/rss")" \
+  awk -v n="$name" -v d="$dataset" -v f="$files" -v b="$bytes" -v s="$start" -v e="$end" -v r="$(tail -1 "$work/rss")" \
     'BEGIN { t = e - s; printf "%-18s %-8s %6d %8.1f %8.2f %9.1f %8.1f %8.1f\n", n, d, f, b/1048576, t, f/t, b/1048576/t, r/1024 }' 
 }
 

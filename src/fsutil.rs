@@ -47,6 +47,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     fsync_dir(dir)
 }
 
+/// Like [`write_atomic`] without the fsyncs, for batch tools that make a
+/// whole run durable at once with [`sync_filesystem`] before they report.
+pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let temp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+    }
+    fs::set_permissions(&temp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&temp, path)
+}
+
+/// Flushes the whole file system holding `path` (syncfs(2)): one call makes
+/// every file a batch wrote durable.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = File::open(path)?;
+    // SAFETY: the descriptor is valid for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Renames `from` to `to` and fsyncs both folders.
 pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(from, to)?;

@@ -139,6 +139,7 @@ pub fn run(args: DeidArgs) -> Result<i32> {
     if let Some(error) = first_error {
         return Err(error);
     }
+    fsutil::sync_filesystem(&args.output).with_context(|| format!("deid: cannot flush {}", args.output.display()))?;
     if let Some(path) = &args.crosswalk {
         write_crosswalk(path, &crosswalk)
             .with_context(|| format!("deid: cannot write crosswalk {}", path.display()))?;
@@ -248,7 +249,9 @@ fn process(
                 fsutil::create_private_dir(parent)
                     .with_context(|| format!("deid: cannot create {}", parent.display()))?;
             }
-            fsutil::write_atomic(&target, &bytes, 0o640)
+            // One syncfs at the end makes the run durable; per-file fsyncs
+            // would cost more than the de-identification itself.
+            fsutil::write_replace(&target, &bytes, 0o640)
                 .with_context(|| format!("deid: cannot write {}", target.display()))?;
             drop(claimed);
             if let Some(replaced) = loser {
