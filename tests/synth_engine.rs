@@ -4,6 +4,8 @@
 //! sizes and thread counts, providers fall through with admin-facing reasons,
 //! and a model that disagrees with its manifest is refused.
 
+#![allow(clippy::needless_range_loop)] // parallel arrays (input, mask, output) read clearer by index
+
 use std::path::{Path, PathBuf};
 use synthd::config::pipeline::{LoadedPipeline, ProviderKind, Synth};
 use synthd::synth::mask::{self, MaskSlice};
