@@ -355,3 +355,34 @@ fn guidance_without_class_labels_is_a_clear_setting_error() {
         "{text}"
     );
 }
+
+#[test]
+fn guidance_and_learned_variance_run_as_a_doubled_batch_and_stay_deterministic() {
+    let input = with_square_masks(phantom(5, 32, 32));
+    let run = |extra: &str| {
+        let e = engine(&tiny("guided"), extra, 1).unwrap();
+        assert!(e.manifest().output.learned_variance);
+        e.inpaint_series(&request(input.clone())).unwrap()
+    };
+    let guided_b2 = run("sampler = \"ddpm\"\nguidance = 3.0\nbatch = 2");
+    let guided_b5 = run("sampler = \"ddpm\"\nguidance = 3.0\nbatch = 5");
+    let unguided = run("sampler = \"ddpm\"\nguidance = 1.0\nbatch = 5");
+    assert!(
+        bits(&guided_b2) == bits(&guided_b5),
+        "guided output depends on the batch size"
+    );
+    assert!(bits(&guided_b5) != bits(&unguided), "guidance had no effect");
+    assert_eq!(
+        guided_b2.model_runs,
+        3 * 6,
+        "three batches (2 + 2 + 1), one doubled run per step"
+    );
+    for (s, out) in input.iter().zip(&guided_b5.slices) {
+        let mask = s.mask.as_ref().unwrap();
+        for i in 0..s.values.len() {
+            if mask[i] == 0 {
+                assert_eq!(out.values[i].to_bits(), s.values[i].to_bits());
+            }
+        }
+    }
+}

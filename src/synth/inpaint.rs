@@ -259,3 +259,20 @@ pub fn composite(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guidance_combines_conditional_and_unconditional_halves() {
+        // n = 1, hw = 2, learned variance: [cond pred, cond var, uncond pred, uncond var].
+        let output = [1.0, 2.0, 0.5, 0.5, 0.0, 0.0, 9.0, 9.0];
+        let (prediction, variance) = split_output(&output, 1, 2, true, Some(3.0));
+        assert_eq!(prediction, vec![3.0, 6.0], "ε_u + w (ε_c − ε_u)");
+        assert_eq!(variance, Some(vec![0.5, 0.5]), "variance from the conditional pass");
+        let (prediction, variance) = split_output(&output[..4], 2, 2, false, None);
+        assert_eq!(prediction, vec![1.0, 2.0, 0.5, 0.5]);
+        assert_eq!(variance, None);
+    }
+}
