@@ -10,7 +10,7 @@ use super::manifest::{CondChannel, Manifest};
 use super::mask::feather_weights;
 use super::noise::{fill_normal, slice_rng};
 use super::scheduler::{self, NoiseSchedule};
-use super::session::{BatchInput, ModelSession};
+use super::session::ModelSession;
 use super::tensor::{Normalization, Placement};
 use crate::config::pipeline::Synth;
 use rand_chacha::ChaCha20Rng;
@@ -72,7 +72,7 @@ pub fn denoise(
     let conditioned = !manifest.inputs.cond.is_empty();
     let cond = conditioned.then(|| build_cond(manifest, batch, hw));
     let guided = synth.guidance != 1.0;
-    let labels = (!manifest.inputs.class_labels.is_empty()).then(|| {
+    let labels: Option<Vec<f32>> = (!manifest.inputs.class_labels.is_empty()).then(|| {
         let conditional = manifest.conditional_labels();
         let mut labels: Vec<f32> = (0..n).flat_map(|_| conditional.iter().copied()).collect();
         if guided {
@@ -81,6 +81,16 @@ pub fn denoise(
         }
         labels
     });
+    // Classifier-free guidance doubles the batch: the same x and cond twice.
+    let model_n = if guided { 2 * n } else { n };
+    let cond = cond.map(|c| {
+        if guided {
+            [c.as_slice(), c.as_slice()].concat()
+        } else {
+            c
+        }
+    });
+    let mut buffers = session.buffers(model_n, cond.as_deref(), labels.as_deref())?;
     let eta = synth.eta as f64;
     let steps = synth.steps as usize;
     let mut sampler = scheduler::build(synth.sampler, schedule, steps, eta);
@@ -92,12 +102,12 @@ pub fn denoise(
     let mut index = 0;
     while index < steps {
         let t = timesteps[index];
-        let (output, seconds) = run_guided(session, n, &x, t, cond.as_deref(), labels.as_deref(), guided, index)?;
+        let seconds = session.run(&mut buffers, &x, t, index)?;
         timing.ort_seconds += seconds;
         let slot = index.min(timing.per_step.len().saturating_sub(1));
         timing.per_step[slot] += seconds;
         timing.runs += 1;
-        let (prediction, variance) = split_output(&output, n, hw, learned, guided.then_some(synth.guidance));
+        let (prediction, variance) = split_output(&buffers.output, n, hw, learned, guided.then_some(synth.guidance));
         if prediction.iter().any(|v| !v.is_finite()) {
             return Err(SynthError::NonFinite { step: index });
         }
@@ -136,46 +146,6 @@ pub fn denoise(
         index = reached;
     }
     Ok(x)
-}
-
-/// One model evaluation, doubled into conditional + unconditional halves
-/// for classifier-free guidance.
-#[allow(clippy::too_many_arguments)]
-fn run_guided(
-    session: &ModelSession,
-    n: usize,
-    x: &[f32],
-    timestep: i64,
-    cond: Option<&[f32]>,
-    labels: Option<&[f32]>,
-    guided: bool,
-    step: usize,
-) -> Result<(Vec<f32>, f64), SynthError> {
-    if !guided {
-        return session.run(
-            &BatchInput {
-                n,
-                sample: x,
-                timestep,
-                cond,
-                class_labels: labels,
-            },
-            step,
-        );
-    }
-    let doubled = |v: &[f32]| -> Vec<f32> { v.iter().chain(v.iter()).copied().collect() };
-    let sample = doubled(x);
-    let cond2 = cond.map(doubled);
-    session.run(
-        &BatchInput {
-            n: 2 * n,
-            sample: &sample,
-            timestep,
-            cond: cond2.as_deref(),
-            class_labels: labels,
-        },
-        step,
-    )
 }
 
 /// Splits [N, C(·2), H, W] into the prediction and (learned) variance, and
