@@ -386,3 +386,21 @@ fn guidance_and_learned_variance_run_as_a_doubled_batch_and_stay_deterministic()
         }
     }
 }
+
+#[test]
+fn io_binding_path_gives_the_same_bytes_as_plain_runs() {
+    // The GPU providers use IO binding; on this machine the same code path
+    // runs on the CPU provider and must not change a single bit.
+    let input = with_square_masks(phantom(3, 32, 32));
+    for (model, extra) in [
+        ("cond", "batch = 2"),
+        ("guided", "batch = 2\nguidance = 2.0\nsampler = \"ddpm\""),
+    ] {
+        let plain = engine(&tiny(model), extra, 1).unwrap();
+        let mut bound = engine(&tiny(model), extra, 1).unwrap();
+        bound.set_io_binding(true);
+        let a = plain.inpaint_series(&request(input.clone())).unwrap();
+        let b = bound.inpaint_series(&request(input.clone())).unwrap();
+        assert!(bits(&a) == bits(&b), "{model}: IO binding changed the output");
+    }
+}

@@ -148,6 +148,12 @@ impl Engine {
         &self.session.fallbacks
     }
 
+    /// Bind inputs and outputs through ONNX Runtime's IO binding (on by
+    /// default on GPU providers, off on the CPU where plain runs are cheaper).
+    pub fn set_io_binding(&mut self, on: bool) {
+        self.session.set_io_binding(on);
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }

@@ -9,6 +9,7 @@ use super::manifest::{Manifest, TimestepDtype};
 use crate::config::pipeline::{ProviderKind, Synth};
 use crate::runtime::{self, RuntimeInfo};
 use ort::ep;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::value::Tensor;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ pub struct BatchBuffers {
     labels: Option<ort::value::DynValue>,
     /// The last run's output, flat [n·C_out·H·W].
     pub output: Vec<f32>,
+    /// On GPU providers: cond and class_labels are bound (copied to the
+    /// device) once per batch; only x_t and the timestep move each step.
+    binding: Option<ort::session::IoBinding>,
 }
 
 pub struct ModelSession {
@@ -45,6 +49,7 @@ pub struct ModelSession {
     timestep: TimestepInput,
     output_name: String,
     manifest: Manifest,
+    io_binding: bool,
 }
 
 impl ModelSession {
@@ -91,6 +96,7 @@ impl ModelSession {
                         timestep,
                         output_name,
                         manifest: manifest.clone(),
+                        io_binding: kind != ProviderKind::Cpu,
                     });
                 }
                 Err(reason) => reasons.push(reason),
@@ -118,6 +124,12 @@ impl ModelSession {
         self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Use IO binding (the default on GPU providers; settable so that the
+    /// path is also exercised on the CPU).
+    pub fn set_io_binding(&mut self, on: bool) {
+        self.io_binding = on;
+    }
+
     /// Buffers for a model batch of `n` (cond [n·K·H·W] and labels [n·L] given whole).
     pub fn buffers(&self, n: usize, cond: Option<&[f32]>, labels: Option<&[f32]>) -> Result<BatchBuffers, SynthError> {
         let fail = |e: ort::Error| SynthError::ModelRun {
@@ -143,11 +155,36 @@ impl ModelSession {
             })
             .transpose()
             .map_err(fail)?;
+        let binding = if self.io_binding {
+            let session = self.lock();
+            let mut binding = session.create_binding().map_err(fail)?;
+            if let Some(cond) = &cond {
+                binding.bind_input(contract::COND, cond).map_err(fail)?;
+            }
+            if let Some(labels) = &labels {
+                binding.bind_input(contract::CLASS_LABELS, labels).map_err(fail)?;
+            }
+            // CUDA-pinned host memory for the output when on a GPU: the
+            // sampler reads it on the host without a pageable staging copy.
+            let device = if self.provider == ProviderKind::Cpu {
+                AllocationDevice::CPU
+            } else {
+                AllocationDevice::CUDA_PINNED
+            };
+            let memory = MemoryInfo::new(device, 0, AllocatorType::Device, MemoryType::CPUOutput).map_err(fail)?;
+            binding
+                .bind_output_to_device(self.output_name.as_str(), &memory)
+                .map_err(fail)?;
+            Some(binding)
+        } else {
+            None
+        };
         Ok(BatchBuffers {
             n,
             sample,
             cond,
             labels,
+            binding,
             output: Vec::with_capacity(n * self.manifest.output_channels() as usize * h * w),
         })
     }
@@ -177,6 +214,22 @@ impl ModelSession {
             }
         }
         .map_err(|e| fail(e.to_string()))?;
+        if let Some(binding) = buffers.binding.as_mut() {
+            binding
+                .bind_input(contract::SAMPLE, &buffers.sample)
+                .map_err(|e| fail(e.to_string()))?;
+            binding
+                .bind_input(contract::TIMESTEP, &timestep_value)
+                .map_err(|e| fail(e.to_string()))?;
+            let mut session = self.lock();
+            let started = Instant::now();
+            let outputs = session.run_binding(binding).map_err(|e| fail(e.to_string()))?;
+            let seconds = started.elapsed().as_secs_f64();
+            let (_, data) = outputs[self.output_name.as_str()]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| fail(e.to_string()))?;
+            return self.take_output(&mut buffers.output, n, data).map(|()| seconds);
+        }
         let mut values: Vec<(&str, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(4);
         values.push((contract::SAMPLE, (&buffers.sample).into()));
         values.push((contract::TIMESTEP, (&timestep_value).into()));
@@ -193,6 +246,10 @@ impl ModelSession {
         let (_, data) = outputs[self.output_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| fail(e.to_string()))?;
+        self.take_output(&mut buffers.output, n, data).map(|()| seconds)
+    }
+
+    fn take_output(&self, output: &mut Vec<f32>, n: usize, data: &[f32]) -> Result<(), SynthError> {
         let g = &self.manifest.geometry;
         let expected = n * self.manifest.output_channels() as usize * (g.height * g.width) as usize;
         if data.len() != expected {
@@ -201,9 +258,9 @@ impl ModelSession {
                 actual: data.len(),
             });
         }
-        buffers.output.clear();
-        buffers.output.extend_from_slice(data);
-        Ok(seconds)
+        output.clear();
+        output.extend_from_slice(data);
+        Ok(())
     }
 }
 
