@@ -404,3 +404,37 @@ fn io_binding_path_gives_the_same_bytes_as_plain_runs() {
         assert!(bits(&a) == bits(&b), "{model}: IO binding changed the output");
     }
 }
+
+#[test]
+fn several_series_share_batches_without_changing_any_result() {
+    let series = |salt: usize, count: usize| {
+        let mut slices = with_square_masks(phantom(count, 32, 32));
+        for s in &mut slices {
+            s.id = format!("{}.{salt}", s.id);
+            for v in &mut s.values {
+                *v *= 1.0 + salt as f32 * 0.1;
+            }
+        }
+        SeriesRequest {
+            slices,
+            variant: salt as u32,
+            seed: 42,
+        }
+    };
+    let requests = vec![series(1, 2), series(2, 3), series(3, 1)];
+    let e = engine(&tiny("cond"), "batch = 4", 1).unwrap();
+    let together = e.inpaint_many(&requests);
+    for (request, result) in requests.iter().zip(&together) {
+        let alone = e.inpaint_series(request).unwrap();
+        assert!(
+            bits(result.as_ref().unwrap()) == bits(&alone),
+            "a series changed when batched with others"
+        );
+    }
+    // A bad request fails alone.
+    let mut bad = requests.clone();
+    bad[1].slices[0].values.truncate(10);
+    let results = e.inpaint_many(&bad);
+    assert!(results[0].is_ok() && results[2].is_ok());
+    assert!(matches!(results[1], Err(SynthError::BadSlice { index: 0, .. })));
+}

@@ -4,7 +4,7 @@
 //! the forward-noised original, with `jump_length`/`jump_n_sample` resampling.
 //! Either way the composite keeps every pixel outside the mask exactly.
 
-use super::engine::{SeriesRequest, SliceInput};
+use super::engine::SliceInput;
 use super::error::SynthError;
 use super::manifest::{CondChannel, Manifest};
 use super::mask::feather_weights;
@@ -15,10 +15,18 @@ use super::tensor::{Normalization, Placement};
 use crate::config::pipeline::Synth;
 use rand_chacha::ChaCha20Rng;
 
-/// One slice ready for the model: known image and mask on the H×W grid.
+/// One slice ready for the model: known image and mask on the H×W grid,
+/// plus what the finisher needs to map it back.
 pub struct Prepared {
+    /// Which request of the call, and which slice of that request.
+    pub request: usize,
     pub index: usize,
     pub id: String,
+    pub seed: u64,
+    pub variant: u32,
+    /// The mask at the slice's own size (1 = inpaint).
+    pub slice_mask: Vec<u8>,
+    pub norm: Normalization,
     pub placement: Placement,
     /// The slice in model units, resampled into the grid, padding at range low.
     pub known: Vec<f32>,
@@ -49,7 +57,6 @@ pub fn denoise(
     manifest: &Manifest,
     schedule: &NoiseSchedule,
     synth: &Synth,
-    request: &SeriesRequest,
     batch: &[Prepared],
     timing: &mut Timing,
 ) -> Result<Vec<f32>, SynthError> {
@@ -57,7 +64,7 @@ pub fn denoise(
     let n = batch.len();
     let mut rngs: Vec<ChaCha20Rng> = batch
         .iter()
-        .map(|p| slice_rng(request.seed, &p.id, request.variant, "sampler"))
+        .map(|p| slice_rng(p.seed, &p.id, p.variant, "sampler"))
         .collect();
     let draw = |rngs: &mut [ChaCha20Rng]| {
         let mut noise = vec![0.0f32; n * hw];
