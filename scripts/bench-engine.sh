@@ -11,7 +11,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-pipeline=${1:-bench/tiny-cond.toml}
+pipeline=${1:-bench/bench-96.toml}
 steps=${2:-25}
 batch=${3:-8}
 slices=${4:-64}

@@ -26,7 +26,7 @@ if [ -z "$pipeline" ]; then
     if [ -f fixtures/models/brain-inpaint-96.onnx ] && [ -f bench/brain-inpaint-96.toml ]; then
         pipeline=bench/brain-inpaint-96.toml
     else
-        pipeline=bench/tiny-cond.toml
+        pipeline=bench/bench-96.toml
     fi
 fi
 started=$(date +%s)

@@ -114,7 +114,13 @@ pub fn denoise(
         let slot = index.min(timing.per_step.len().saturating_sub(1));
         timing.per_step[slot] += seconds;
         timing.runs += 1;
-        let (prediction, variance) = split_output(&buffers.output, n, hw, learned, guided.then_some(synth.guidance));
+        // The common case (no guidance, no learned variance) reads the output in place.
+        let (prediction, variance) = if guided || learned {
+            let (p, v) = split_output(&buffers.output, n, hw, learned, guided.then_some(synth.guidance));
+            (std::borrow::Cow::Owned(p), v)
+        } else {
+            (std::borrow::Cow::Borrowed(buffers.output.as_slice()), None)
+        };
         if prediction.iter().any(|v| !v.is_finite()) {
             return Err(SynthError::NonFinite { step: index });
         }
