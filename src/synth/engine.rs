@@ -14,7 +14,7 @@ use super::mask::{self, MaskSlice, SliceGeometry};
 use super::scheduler::NoiseSchedule;
 use super::session::{EngineOptions, ModelSession};
 use super::tensor::{self, Placement};
-use crate::config::pipeline::{ProviderKind, Synth};
+use crate::config::pipeline::{MaskSource, ProviderKind, Synth};
 use crate::runtime::RuntimeInfo;
 use crossbeam_channel::bounded;
 use std::path::{Path, PathBuf};
@@ -182,7 +182,10 @@ impl Engine {
     /// fails the requests that had slices in flight or still queued.
     pub fn inpaint_many(&self, requests: &[SeriesRequest]) -> Vec<Result<SeriesResult, SynthError>> {
         let started = Instant::now();
-        let checks: Vec<Result<(), SynthError>> = requests.iter().map(check_request).collect();
+        let checks: Vec<Result<(), SynthError>> = requests
+            .iter()
+            .map(|r| check_request(r).and_then(|()| self.check_masks(r)))
+            .collect();
         let (h, w) = (
             self.manifest.geometry.height as usize,
             self.manifest.geometry.width as usize,
@@ -333,6 +336,23 @@ impl Engine {
 
     fn steps(&self) -> usize {
         self.synth.steps as usize
+    }
+
+    /// With `mask.source = "seg"` every slice must come with its mask.
+    fn check_masks(&self, request: &SeriesRequest) -> Result<(), SynthError> {
+        if self.synth.mask.source != MaskSource::Seg {
+            return Ok(());
+        }
+        match request.slices.iter().position(|s| s.mask.is_none()) {
+            Some(index) => Err(SynthError::BadSlice {
+                index,
+                reason:
+                    "no mask given, and the pipeline takes masks from a DICOM SEG ([synth.mask] source = \"seg\"); \
+                         pass the SEG segment as the slice mask (all zeros where it does not cut the slice)"
+                        .into(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Given masks, or generated ones for the whole series at once.
