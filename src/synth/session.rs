@@ -324,7 +324,10 @@ fn build(
                 .error_on_failure()
         }
         ProviderKind::Cuda => ep::CUDA::default().build().error_on_failure(),
-        ProviderKind::Cpu => ep::CPU::default().build().error_on_failure(),
+        // ort's CPU default disables the memory arena; ONNX Runtime's own
+        // default (and Python's) enables it, and every step would otherwise
+        // allocate its activations afresh.
+        ProviderKind::Cpu => ep::CPU::default().with_arena_allocator(true).build().error_on_failure(),
     };
     let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
     let builder = builder
