@@ -401,6 +401,10 @@ fn io_binding_path_gives_the_same_bytes_as_plain_runs() {
         bound.set_io_binding(true);
         let a = plain.inpaint_series(&request(input.clone())).unwrap();
         let b = bound.inpaint_series(&request(input.clone())).unwrap();
+        assert!(
+            bound.used_io_binding() && !plain.used_io_binding(),
+            "{model}: the binding path did not run"
+        );
         assert!(bits(&a) == bits(&b), "{model}: IO binding changed the output");
     }
 }

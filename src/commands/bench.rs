@@ -88,7 +88,11 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     }
     let overhead = result.total_seconds / result.ort_seconds.max(f64::MIN_POSITIVE);
     let throughput = slices as f64 / result.total_seconds;
-    println!("model runs: {}", result.model_runs);
+    println!(
+        "model runs: {} (io binding: {})",
+        result.model_runs,
+        engine.used_io_binding()
+    );
     println!("time inside session.run: {:.4} s", result.ort_seconds);
     println!("total wall time: {:.4} s", result.total_seconds);
     println!("overhead ratio (wall / session.run): {overhead:.3}");
@@ -103,6 +107,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         "batch": synth.batch,
         "slices": slices,
         "model_runs": result.model_runs,
+        "io_binding": engine.used_io_binding(),
     });
     println!("{summary}");
     Ok(0)

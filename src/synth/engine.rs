@@ -154,6 +154,11 @@ impl Engine {
         self.session.set_io_binding(on);
     }
 
+    /// Whether any model run so far went through IO binding.
+    pub fn used_io_binding(&self) -> bool {
+        self.session.used_io_binding()
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }

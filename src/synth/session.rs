@@ -50,6 +50,8 @@ pub struct ModelSession {
     output_name: String,
     manifest: Manifest,
     io_binding: bool,
+    /// Set once a run has gone through IO binding (tests and bench read it).
+    bound_runs: std::sync::atomic::AtomicBool,
 }
 
 impl ModelSession {
@@ -97,6 +99,7 @@ impl ModelSession {
                         output_name,
                         manifest: manifest.clone(),
                         io_binding: kind != ProviderKind::Cpu,
+                        bound_runs: std::sync::atomic::AtomicBool::new(false),
                     });
                 }
                 Err(reason) => reasons.push(reason),
@@ -156,26 +159,18 @@ impl ModelSession {
             .transpose()
             .map_err(fail)?;
         let binding = if self.io_binding {
-            let session = self.lock();
-            let mut binding = session.create_binding().map_err(fail)?;
-            if let Some(cond) = &cond {
-                binding.bind_input(contract::COND, cond).map_err(fail)?;
+            match self.bind(cond.as_ref(), labels.as_ref()) {
+                Ok(binding) => Some(binding),
+                Err(error) => {
+                    // Plain runs give the same numbers, only with more copies.
+                    tracing::warn!(
+                        stage = "synth",
+                        provider = self.provider.name(),
+                        "IO binding unavailable, using plain runs: {error}"
+                    );
+                    None
+                }
             }
-            if let Some(labels) = &labels {
-                binding.bind_input(contract::CLASS_LABELS, labels).map_err(fail)?;
-            }
-            // CUDA-pinned host memory for the output when on a GPU: the
-            // sampler reads it on the host without a pageable staging copy.
-            let device = if self.provider == ProviderKind::Cpu {
-                AllocationDevice::CPU
-            } else {
-                AllocationDevice::CUDA_PINNED
-            };
-            let memory = MemoryInfo::new(device, 0, AllocatorType::Device, MemoryType::CPUOutput).map_err(fail)?;
-            binding
-                .bind_output_to_device(self.output_name.as_str(), &memory)
-                .map_err(fail)?;
-            Some(binding)
         } else {
             None
         };
@@ -187,6 +182,36 @@ impl ModelSession {
             binding,
             output: Vec::with_capacity(n * self.manifest.output_channels() as usize * h * w),
         })
+    }
+
+    /// Whether any run so far went through IO binding.
+    pub fn used_io_binding(&self) -> bool {
+        self.bound_runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn bind(
+        &self,
+        cond: Option<&ort::value::DynValue>,
+        labels: Option<&ort::value::DynValue>,
+    ) -> ort::Result<ort::session::IoBinding> {
+        let session = self.lock();
+        let mut binding = session.create_binding()?;
+        if let Some(cond) = cond {
+            binding.bind_input(contract::COND, cond)?;
+        }
+        if let Some(labels) = labels {
+            binding.bind_input(contract::CLASS_LABELS, labels)?;
+        }
+        // CUDA-pinned host memory for the output when on a GPU: the sampler
+        // reads it on the host without a pageable staging copy.
+        let device = if self.provider == ProviderKind::Cpu {
+            AllocationDevice::CPU
+        } else {
+            AllocationDevice::CUDA_PINNED
+        };
+        let memory = MemoryInfo::new(device, 0, AllocatorType::Device, MemoryType::CPUOutput)?;
+        binding.bind_output_to_device(self.output_name.as_str(), &memory)?;
+        Ok(binding)
     }
 
     /// Runs the model once on `x` (repeated to fill the batch, for guidance's
@@ -224,6 +249,7 @@ impl ModelSession {
             let mut session = self.lock();
             let started = Instant::now();
             let outputs = session.run_binding(binding).map_err(|e| fail(e.to_string()))?;
+            self.bound_runs.store(true, std::sync::atomic::Ordering::Relaxed);
             let seconds = started.elapsed().as_secs_f64();
             let (_, data) = outputs[self.output_name.as_str()]
                 .try_extract_tensor::<f32>()
