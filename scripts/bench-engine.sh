@@ -4,7 +4,10 @@
 # steps and batch. Prints both JSON lines and the ratios against the targets
 # (overhead ratio <= 1.05; throughput >= 1.2x the Python loop).
 #
-#   scripts/bench-engine.sh [PIPELINE] [STEPS] [BATCH] [SLICES] [THREADS]
+#   scripts/bench-engine.sh [PIPELINE] [STEPS] [BATCH] [SLICES] [THREADS] [REPEAT]
+#
+# Each side measures REPEAT runs (default 3) and reports its fastest, so that
+# load from other processes on a shared machine skews neither side much.
 #
 # The Python side runs in a bench-only venv (.bootstrap/bench-venv) with
 # onnxruntime==1.32.0, never in the test venv.
@@ -16,6 +19,7 @@ steps=${2:-25}
 batch=${3:-8}
 slices=${4:-64}
 threads=${5:-0}
+repeat=${6:-3}
 
 venv=.bootstrap/bench-venv
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnxruntime, numpy" 2>/dev/null; then
@@ -29,11 +33,11 @@ model=$(cd "$(dirname "$pipeline")" && realpath "$(sed -n 's/^model = "\(.*\)"/\
 
 echo "== synthd bench ($pipeline, $steps steps, batch $batch, $slices slices, threads $threads)"
 target/release/synthd bench --pipeline "$pipeline" --steps "$steps" --batch "$batch" --slices "$slices" --threads "$threads" \
-    2>/dev/null | tee /tmp/synthd-bench.out
+    --repeat "$repeat" 2>/dev/null | tee /tmp/synthd-bench.out
 rust_json=$(tail -n 1 /tmp/synthd-bench.out)
 
 echo "== python loop (onnxruntime $("$venv/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)'))"
-py_json=$("$venv/bin/python" bench/python_loop.py --model "$model" --steps "$steps" --batch "$batch" --slices "$slices" --threads "$threads" | tail -n 1)
+py_json=$("$venv/bin/python" bench/python_loop.py --model "$model" --steps "$steps" --batch "$batch" --slices "$slices" --threads "$threads" --repeat "$repeat" | tail -n 1)
 echo "$py_json"
 
 "$venv/bin/python" - "$rust_json" "$py_json" <<'PY'

@@ -73,6 +73,9 @@ enum Command {
         /// libonnxruntime.so to load [default: the usual search, including $ORT_DYLIB_PATH].
         #[arg(long)]
         onnxruntime: Option<PathBuf>,
+        /// Measured runs; the fastest is reported.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
 }
 
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
             provider,
             cache_dir,
             onnxruntime,
+            repeat,
         } => commands::bench::run(&commands::bench::BenchArgs {
             pipeline,
             batch,
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
             cache_dir,
             provider,
             library: onnxruntime,
+            repeat,
         }),
     };
     match result {

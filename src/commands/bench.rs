@@ -20,6 +20,8 @@ pub struct BenchArgs {
     /// Override the pipeline's provider list (e.g. "cuda").
     pub provider: Option<crate::config::pipeline::ProviderKind>,
     pub library: Option<PathBuf>,
+    /// Measured runs; the fastest is reported (a shared machine's noise only ever adds time).
+    pub repeat: u32,
 }
 
 pub fn run(args: &BenchArgs) -> Result<i32> {
@@ -80,9 +82,15 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     engine
         .inpaint_series(&synthetic(synth.batch as usize, rows, cols, 1))
         .context("stage=bench: warm-up run")?;
-    let result = engine
-        .inpaint_series(&synthetic(slices, rows, cols, 2))
-        .context("stage=bench: measured run")?;
+    let request = synthetic(slices, rows, cols, 2);
+    let mut best: Option<crate::synth::SeriesResult> = None;
+    for _ in 0..args.repeat.max(1) {
+        let result = engine.inpaint_series(&request).context("stage=bench: measured run")?;
+        if best.as_ref().is_none_or(|b| result.total_seconds < b.total_seconds) {
+            best = Some(result);
+        }
+    }
+    let result = best.context("stage=bench: no measured run")?;
     for (step, seconds) in result.step_ort_seconds.iter().enumerate() {
         println!("step {step:>3}: onnxruntime {:>9.3} ms", seconds * 1e3);
     }
@@ -107,6 +115,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         "batch": synth.batch,
         "slices": slices,
         "model_runs": result.model_runs,
+        "repeat": args.repeat.max(1),
         "io_binding": engine.used_io_binding(),
     });
     println!("{summary}");
