@@ -442,3 +442,9 @@ fn several_series_share_batches_without_changing_any_result() {
     assert!(results[0].is_ok() && results[2].is_ok());
     assert!(matches!(results[1], Err(SynthError::BadSlice { index: 0, .. })));
 }
+
+#[test]
+fn the_engine_can_be_shared_between_stage_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Engine>();
+}

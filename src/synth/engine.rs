@@ -54,7 +54,7 @@ pub struct SeriesResult {
     pub slices: Vec<SliceOutput>,
     /// Seconds inside `Session::run`, all batches and steps.
     pub ort_seconds: f64,
-    /// Wall seconds for the whole request.
+    /// Wall seconds for the whole call (shared by every request of an `inpaint_many`).
     pub total_seconds: f64,
     /// Seconds inside `Session::run` per sampler step, summed over batches.
     pub step_ort_seconds: Vec<f64>,
