@@ -236,6 +236,33 @@ mod tests {
     }
 
     #[test]
+    fn volume_scope_shares_statistics_and_slice_scope_does_not() {
+        let dim: Vec<f32> = (1..=10).map(|v| v as f32).collect();
+        let bright: Vec<f32> = (1..=10).map(|v| v as f32 * 100.0).collect();
+        let slices = [dim.as_slice(), bright.as_slice()];
+        let volume = normalizations(&intensity(), &slices);
+        assert_eq!(volume[0], volume[1]);
+        assert_eq!((volume[0].lower, volume[0].upper), (1.0, 1000.0));
+        let per_slice = normalizations(
+            &Intensity {
+                scope: IntensityScope::Slice,
+                ..intensity()
+            },
+            &slices,
+        );
+        assert_eq!((per_slice[0].lower, per_slice[0].upper), (1.0, 10.0));
+        assert_eq!((per_slice[1].lower, per_slice[1].upper), (100.0, 1000.0));
+    }
+
+    #[test]
+    fn zero_background_is_left_out_of_the_percentiles() {
+        let mut values = vec![0.0f32; 1000];
+        values.extend((1..=100).map(|v| v as f32));
+        let n = Normalization::from_values(&intensity(), [values.as_slice()]);
+        assert_eq!(n.lower, 1.0);
+    }
+
+    #[test]
     fn placement_pads_the_short_side_and_round_trips_smooth_images() {
         let p = Placement::fit(64, 32, 32, 32);
         assert_eq!((p.height, p.width, p.top, p.left), (32, 16, 0, 8));
