@@ -95,6 +95,46 @@ enum Command {
     },
     /// Write a fresh site key (32 random bytes, mode 0600) to FILE; never overwrites.
     Keygen { file: PathBuf },
+    /// Time a pipeline's model and sampler on synthetic slices; the last line is JSON.
+    Bench {
+        /// The pipeline file whose [synth] model and sampler to run.
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Slices per model batch [default: the pipeline's synth.batch].
+        #[arg(long)]
+        batch: Option<u32>,
+        /// Sampler steps [default: the pipeline's synth.steps].
+        #[arg(long)]
+        steps: Option<u32>,
+        /// Slices in the measured request [default: 4 batches].
+        #[arg(long)]
+        slices: Option<usize>,
+        /// CPU intra-op threads; 0 = all cores.
+        #[arg(long, default_value_t = 0)]
+        threads: u32,
+        /// Use only this execution provider (tensorrt, cuda, cpu) instead of the pipeline's list.
+        #[arg(long, value_parser = parse_provider)]
+        provider: Option<synthd::config::pipeline::ProviderKind>,
+        /// TensorRT engine and timing cache folder [default: a folder under the system temp dir].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// libonnxruntime.so to load [default: the usual search, including $ORT_DYLIB_PATH].
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+        /// Measured runs; the fastest is reported.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+    },
+}
+
+fn parse_provider(text: &str) -> Result<synthd::config::pipeline::ProviderKind, String> {
+    use synthd::config::pipeline::ProviderKind;
+    match text {
+        "tensorrt" => Ok(ProviderKind::Tensorrt),
+        "cuda" => Ok(ProviderKind::Cuda),
+        "cpu" => Ok(ProviderKind::Cpu),
+        other => Err(format!("unknown provider {other:?}; expected tensorrt, cuda or cpu")),
+    }
 }
 
 fn parse_log_format(text: &str) -> Result<LogFormat, String> {
@@ -152,6 +192,27 @@ fn main() -> ExitCode {
                 0
             })
             .map_err(anyhow::Error::msg),
+        Command::Bench {
+            pipeline,
+            batch,
+            steps,
+            slices,
+            threads,
+            provider,
+            cache_dir,
+            onnxruntime,
+            repeat,
+        } => commands::bench::run(&commands::bench::BenchArgs {
+            pipeline,
+            batch,
+            steps,
+            slices,
+            threads,
+            cache_dir,
+            provider,
+            library: onnxruntime,
+            repeat,
+        }),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

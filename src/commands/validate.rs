@@ -35,6 +35,7 @@ fn check(file: &PathBuf) -> Result<String, config::Diagnostics> {
     })?;
     if config::looks_like_pipeline(&source) {
         let loaded = LoadedPipeline::parse(file, source)?;
+        check_models(&[&loaded], None)?;
         let kind = if loaded.pipeline.synth.is_some() {
             "synthesis"
         } else {
@@ -43,11 +44,37 @@ fn check(file: &PathBuf) -> Result<String, config::Diagnostics> {
         Ok(format!("pipeline {:?} ({kind})", loaded.name()))
     } else {
         let config = Config::parse(file, &source)?;
+        let pipelines: Vec<&LoadedPipeline> = config.pipelines.iter().collect();
+        check_models(&pipelines, config.onnxruntime_library.as_deref())?;
         let names: Vec<&str> = config.pipelines.iter().map(LoadedPipeline::name).collect();
         Ok(format!(
             "daemon config with {} pipeline(s): {}",
             names.len(),
             names.join(", ")
         ))
+    }
+}
+
+/// Checks each synthesis pipeline's model against its manifest (names, ranks,
+/// static dims, dtypes, sha256) with a CPU session.
+fn check_models(pipelines: &[&LoadedPipeline], library: Option<&std::path::Path>) -> Result<(), config::Diagnostics> {
+    let mut problems = config::Diagnostics::default();
+    for pipeline in pipelines {
+        let Some(model) = pipeline.model_path().filter(|m| m.is_file()) else {
+            continue;
+        };
+        let checked = crate::runtime::init(library)
+            .map_err(|error| format!("cannot check model {} against its manifest: {error}", model.display()))
+            .and_then(|runtime| {
+                crate::synth::contract::validate_model(runtime, &model).map_err(|error| error.to_string())
+            });
+        if let Err(message) = checked {
+            problems.push(config::Diagnostic::whole_file(&pipeline.file, message));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
     }
 }

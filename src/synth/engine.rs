@@ -14,7 +14,7 @@ use super::mask::{self, MaskSlice, SliceGeometry};
 use super::scheduler::NoiseSchedule;
 use super::session::{EngineOptions, ModelSession};
 use super::tensor::{self, Placement};
-use crate::config::pipeline::{ProviderKind, Synth};
+use crate::config::pipeline::{MaskSource, ProviderKind, Synth};
 use crate::runtime::RuntimeInfo;
 use crossbeam_channel::bounded;
 use std::path::{Path, PathBuf};
@@ -54,7 +54,7 @@ pub struct SeriesResult {
     pub slices: Vec<SliceOutput>,
     /// Seconds inside `Session::run`, all batches and steps.
     pub ort_seconds: f64,
-    /// Wall seconds for the whole request.
+    /// Wall seconds for the whole call (shared by every request of an `inpaint_many`).
     pub total_seconds: f64,
     /// Seconds inside `Session::run` per sampler step, summed over batches.
     pub step_ort_seconds: Vec<f64>,
@@ -148,6 +148,17 @@ impl Engine {
         &self.session.fallbacks
     }
 
+    /// Bind inputs and outputs through ONNX Runtime's IO binding (on by
+    /// default on GPU providers, off on the CPU where plain runs are cheaper).
+    pub fn set_io_binding(&mut self, on: bool) {
+        self.session.set_io_binding(on);
+    }
+
+    /// Whether any model run so far went through IO binding.
+    pub fn used_io_binding(&self) -> bool {
+        self.session.used_io_binding()
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -165,80 +176,112 @@ impl Engine {
     }
 
     pub fn inpaint_series(&self, request: &SeriesRequest) -> Result<SeriesResult, SynthError> {
+        self.inpaint_many(std::slice::from_ref(request))
+            .pop()
+            .unwrap_or(Err(SynthError::EmptyRequest))
+    }
+
+    /// Several series at once: their slices share model batches (up to
+    /// `synth.batch`), so short series do not leave batches half empty. Each
+    /// request gets its own result; a bad request fails alone, a model failure
+    /// fails the requests that had slices in flight or still queued.
+    pub fn inpaint_many(&self, requests: &[SeriesRequest]) -> Vec<Result<SeriesResult, SynthError>> {
         let started = Instant::now();
-        check_request(request)?;
-        let masks = self.masks(request);
-        let slices_values: Vec<&[f32]> = request.slices.iter().map(|s| s.values.as_slice()).collect();
-        let norms = tensor::normalizations(&self.manifest.intensity, &slices_values);
+        let checks: Vec<Result<(), SynthError>> = requests
+            .iter()
+            .map(|r| check_request(r).and_then(|()| self.check_masks(r)))
+            .collect();
         let (h, w) = (
             self.manifest.geometry.height as usize,
             self.manifest.geometry.width as usize,
         );
         let batch = self.synth.batch.max(1) as usize;
-        let indices: Vec<usize> = (0..request.slices.len()).collect();
+        let steps = self.steps();
         let (to_infer, from_prepare) = bounded::<Vec<Prepared>>(1);
         let (to_finish, from_infer) = bounded::<(Vec<Prepared>, Vec<f32>)>(1);
-        let mut outputs: Vec<Option<SliceOutput>> = vec![None; request.slices.len()];
-        let mut totals = inpaint::Timing::new(self.steps());
+        let mut timings: Vec<inpaint::Timing> = requests.iter().map(|_| inpaint::Timing::new(steps)).collect();
         let feather = self.synth.feather_px;
-        let result: Result<(), SynthError> = std::thread::scope(|scope| {
-            let masks = &masks;
-            let norms = &norms;
+        let valid: Vec<usize> = (0..requests.len()).filter(|&r| checks[r].is_ok()).collect();
+        let (done, failure) = std::thread::scope(|scope| {
+            let valid = &valid;
             let preparer = scope.spawn(move || {
-                for chunk in indices.chunks(batch) {
-                    let prepared: Vec<Prepared> = chunk
-                        .iter()
-                        .map(|&i| {
-                            let s = &request.slices[i];
-                            let placement = Placement::fit(s.rows, s.cols, h, w);
-                            let pad = norms[i].range[0];
-                            let known = placement
-                                .to_grid(&s.values.iter().map(|&v| norms[i].forward(v)).collect::<Vec<_>>(), pad);
-                            Prepared {
-                                index: i,
-                                id: s.id.clone(),
-                                placement,
-                                known,
-                                mask: placement.mask_to_grid(&masks[i]),
-                            }
-                        })
-                        .collect();
-                    if to_infer.send(prepared).is_err() {
-                        return;
+                let mut pending = Vec::with_capacity(batch);
+                for &r in valid {
+                    let request = &requests[r];
+                    let masks = self.masks(request);
+                    let values: Vec<&[f32]> = request.slices.iter().map(|s| s.values.as_slice()).collect();
+                    let norms = tensor::normalizations(&self.manifest.intensity, &values);
+                    for (i, (s, (slice_mask, norm))) in
+                        request.slices.iter().zip(masks.into_iter().zip(norms)).enumerate()
+                    {
+                        let placement = Placement::fit(s.rows, s.cols, h, w);
+                        let model_units: Vec<f32> = s.values.iter().map(|&v| norm.forward(v)).collect();
+                        pending.push(Prepared {
+                            request: r,
+                            index: i,
+                            id: s.id.clone(),
+                            seed: request.seed,
+                            variant: request.variant,
+                            known: placement.to_grid(&model_units, norm.range[0]),
+                            mask: placement.mask_to_grid(&slice_mask),
+                            slice_mask,
+                            norm,
+                            placement,
+                        });
+                        if pending.len() == batch && to_infer.send(std::mem::take(&mut pending)).is_err() {
+                            return;
+                        }
                     }
+                }
+                if !pending.is_empty() {
+                    let _ = to_infer.send(pending);
                 }
             });
             let finisher = scope.spawn(move || {
                 let mut done = Vec::new();
                 for (batch, grids) in from_infer {
-                    for (k, p) in batch.iter().enumerate() {
-                        let s = &request.slices[p.index];
+                    for (k, p) in batch.into_iter().enumerate() {
+                        let s = &requests[p.request].slices[p.index];
                         let grid = &grids[k * h * w..(k + 1) * h * w];
-                        let values =
-                            inpaint::composite(s, &masks[p.index], &norms[p.index], &p.placement, grid, feather);
+                        let values = inpaint::composite(s, &p.slice_mask, &p.norm, &p.placement, grid, feather);
                         done.push((
+                            p.request,
                             p.index,
                             SliceOutput {
                                 values,
-                                mask: masks[p.index].clone(),
+                                mask: p.slice_mask,
                             },
                         ));
                     }
                 }
                 done
             });
-            let mut failure = None;
+            let mut failure: Option<SynthError> = None;
             for prepared in from_prepare.iter() {
+                let mut timing = inpaint::Timing::new(steps);
                 match inpaint::denoise(
                     &self.session,
                     &self.manifest,
                     &self.schedule,
                     &self.synth,
-                    request,
                     &prepared,
-                    &mut totals,
+                    &mut timing,
                 ) {
                     Ok(grids) => {
+                        // Each request is charged its share of the batch's model time.
+                        let share = 1.0 / prepared.len() as f64;
+                        let mut counted = Vec::new();
+                        for p in &prepared {
+                            let t = &mut timings[p.request];
+                            t.ort_seconds += timing.ort_seconds * share;
+                            for (a, b) in t.per_step.iter_mut().zip(&timing.per_step) {
+                                *a += b * share;
+                            }
+                            if !counted.contains(&p.request) {
+                                counted.push(p.request);
+                                t.runs += timing.runs;
+                            }
+                        }
                         if to_finish.send((prepared, grids)).is_err() {
                             break;
                         }
@@ -251,37 +294,70 @@ impl Engine {
             }
             drop(from_prepare);
             drop(to_finish);
-            preparer
-                .join()
-                .map_err(|_| SynthError::Thread("the preparer thread panicked".into()))?;
-            let done = finisher
-                .join()
-                .map_err(|_| SynthError::Thread("the finisher thread panicked".into()))?;
-            if let Some(error) = failure {
-                return Err(error);
+            let prepared_ok = preparer.join().is_ok();
+            let done = finisher.join().unwrap_or_default();
+            if !prepared_ok && failure.is_none() {
+                failure = Some(SynthError::Thread("the preparer thread panicked".into()));
             }
-            for (index, output) in done {
-                outputs[index] = Some(output);
-            }
-            Ok(())
+            (done, failure)
         });
-        result?;
-        let slices = outputs
+        let mut slices: Vec<Vec<Option<SliceOutput>>> = requests.iter().map(|r| vec![None; r.slices.len()]).collect();
+        for (r, i, output) in done {
+            slices[r][i] = Some(output);
+        }
+        let total_seconds = started.elapsed().as_secs_f64();
+        let mut failure = failure;
+        let failure_text = failure.as_ref().map(|e| e.to_string());
+        checks
             .into_iter()
+            .zip(slices)
+            .zip(timings)
             .enumerate()
-            .map(|(index, o)| o.ok_or_else(|| SynthError::Thread(format!("slice {index} was not finished"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(SeriesResult {
-            slices,
-            ort_seconds: totals.ort_seconds,
-            total_seconds: started.elapsed().as_secs_f64(),
-            step_ort_seconds: totals.per_step,
-            model_runs: totals.runs,
-        })
+            .map(|(r, ((check, outputs), timing))| {
+                check?;
+                if outputs.iter().any(Option::is_none) {
+                    // The first unfinished request gets the error itself, the
+                    // others a pointer to it.
+                    return Err(match failure.take() {
+                        Some(error) => error,
+                        None => SynthError::Thread(format!(
+                            "request {r} was not finished: {}",
+                            failure_text
+                                .clone()
+                                .unwrap_or_else(|| "an engine thread stopped early".into())
+                        )),
+                    });
+                }
+                Ok(SeriesResult {
+                    slices: outputs.into_iter().flatten().collect(),
+                    ort_seconds: timing.ort_seconds,
+                    total_seconds,
+                    step_ort_seconds: timing.per_step,
+                    model_runs: timing.runs,
+                })
+            })
+            .collect()
     }
 
     fn steps(&self) -> usize {
         self.synth.steps as usize
+    }
+
+    /// With `mask.source = "seg"` every slice must come with its mask.
+    fn check_masks(&self, request: &SeriesRequest) -> Result<(), SynthError> {
+        if self.synth.mask.source != MaskSource::Seg {
+            return Ok(());
+        }
+        match request.slices.iter().position(|s| s.mask.is_none()) {
+            Some(index) => Err(SynthError::BadSlice {
+                index,
+                reason:
+                    "no mask given, and the pipeline takes masks from a DICOM SEG ([synth.mask] source = \"seg\"); \
+                         pass the SEG segment as the slice mask (all zeros where it does not cut the slice)"
+                        .into(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Given masks, or generated ones for the whole series at once.

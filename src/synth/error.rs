@@ -38,8 +38,35 @@ pub enum SynthError {
 }
 
 impl SynthError {
-    /// The quarantine reason the daemon records for this failure.
+    /// The quarantine reason the daemon records for this failure: pixel data
+    /// the engine cannot use is the input's fault, everything else the model's.
     pub fn reason_code(&self) -> crate::quarantine::ReasonCode {
-        crate::quarantine::ReasonCode::ModelFailure
+        use crate::quarantine::ReasonCode;
+        match self {
+            SynthError::BadSlice { .. } | SynthError::EmptyRequest => ReasonCode::InvalidPixelData,
+            _ => ReasonCode::ModelFailure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::ReasonCode;
+
+    #[test]
+    fn bad_pixels_and_model_faults_map_to_their_quarantine_reasons() {
+        let bad = SynthError::BadSlice {
+            index: 0,
+            reason: "x".into(),
+        };
+        assert_eq!(bad.reason_code(), ReasonCode::InvalidPixelData);
+        let run = SynthError::ModelRun {
+            step: 1,
+            timestep: 900,
+            reason: "x".into(),
+        };
+        assert_eq!(run.reason_code(), ReasonCode::ModelFailure);
+        assert!(run.to_string().contains("synthd validate"));
     }
 }

@@ -4,21 +4,29 @@
 //! the forward-noised original, with `jump_length`/`jump_n_sample` resampling.
 //! Either way the composite keeps every pixel outside the mask exactly.
 
-use super::engine::{SeriesRequest, SliceInput};
+use super::engine::SliceInput;
 use super::error::SynthError;
 use super::manifest::{CondChannel, Manifest};
 use super::mask::feather_weights;
 use super::noise::{fill_normal, slice_rng};
 use super::scheduler::{self, NoiseSchedule};
-use super::session::{BatchInput, ModelSession};
+use super::session::ModelSession;
 use super::tensor::{Normalization, Placement};
 use crate::config::pipeline::Synth;
 use rand_chacha::ChaCha20Rng;
 
-/// One slice ready for the model: known image and mask on the H×W grid.
+/// One slice ready for the model: known image and mask on the H×W grid,
+/// plus what the finisher needs to map it back.
 pub struct Prepared {
+    /// Which request of the call, and which slice of that request.
+    pub request: usize,
     pub index: usize,
     pub id: String,
+    pub seed: u64,
+    pub variant: u32,
+    /// The mask at the slice's own size (1 = inpaint).
+    pub slice_mask: Vec<u8>,
+    pub norm: Normalization,
     pub placement: Placement,
     /// The slice in model units, resampled into the grid, padding at range low.
     pub known: Vec<f32>,
@@ -49,7 +57,6 @@ pub fn denoise(
     manifest: &Manifest,
     schedule: &NoiseSchedule,
     synth: &Synth,
-    request: &SeriesRequest,
     batch: &[Prepared],
     timing: &mut Timing,
 ) -> Result<Vec<f32>, SynthError> {
@@ -57,7 +64,7 @@ pub fn denoise(
     let n = batch.len();
     let mut rngs: Vec<ChaCha20Rng> = batch
         .iter()
-        .map(|p| slice_rng(request.seed, &p.id, request.variant, "sampler"))
+        .map(|p| slice_rng(p.seed, &p.id, p.variant, "sampler"))
         .collect();
     let draw = |rngs: &mut [ChaCha20Rng]| {
         let mut noise = vec![0.0f32; n * hw];
@@ -72,7 +79,7 @@ pub fn denoise(
     let conditioned = !manifest.inputs.cond.is_empty();
     let cond = conditioned.then(|| build_cond(manifest, batch, hw));
     let guided = synth.guidance != 1.0;
-    let labels = (!manifest.inputs.class_labels.is_empty()).then(|| {
+    let labels: Option<Vec<f32>> = (!manifest.inputs.class_labels.is_empty()).then(|| {
         let conditional = manifest.conditional_labels();
         let mut labels: Vec<f32> = (0..n).flat_map(|_| conditional.iter().copied()).collect();
         if guided {
@@ -81,6 +88,16 @@ pub fn denoise(
         }
         labels
     });
+    // Classifier-free guidance doubles the batch: the same x and cond twice.
+    let model_n = if guided { 2 * n } else { n };
+    let cond = cond.map(|c| {
+        if guided {
+            [c.as_slice(), c.as_slice()].concat()
+        } else {
+            c
+        }
+    });
+    let mut buffers = session.buffers(model_n, cond.as_deref(), labels.as_deref())?;
     let eta = synth.eta as f64;
     let steps = synth.steps as usize;
     let mut sampler = scheduler::build(synth.sampler, schedule, steps, eta);
@@ -92,12 +109,18 @@ pub fn denoise(
     let mut index = 0;
     while index < steps {
         let t = timesteps[index];
-        let (output, seconds) = run_guided(session, n, &x, t, cond.as_deref(), labels.as_deref(), guided, index)?;
+        let seconds = session.run(&mut buffers, &x, t, index)?;
         timing.ort_seconds += seconds;
         let slot = index.min(timing.per_step.len().saturating_sub(1));
         timing.per_step[slot] += seconds;
         timing.runs += 1;
-        let (prediction, variance) = split_output(&output, n, hw, learned, guided.then_some(synth.guidance));
+        // The common case (no guidance, no learned variance) reads the output in place.
+        let (prediction, variance) = if guided || learned {
+            let (p, v) = split_output(&buffers.output, n, hw, learned, guided.then_some(synth.guidance));
+            (std::borrow::Cow::Owned(p), v)
+        } else {
+            (std::borrow::Cow::Borrowed(buffers.output.as_slice()), None)
+        };
         if prediction.iter().any(|v| !v.is_finite()) {
             return Err(SynthError::NonFinite { step: index });
         }
@@ -136,46 +159,6 @@ pub fn denoise(
         index = reached;
     }
     Ok(x)
-}
-
-/// One model evaluation, doubled into conditional + unconditional halves
-/// for classifier-free guidance.
-#[allow(clippy::too_many_arguments)]
-fn run_guided(
-    session: &ModelSession,
-    n: usize,
-    x: &[f32],
-    timestep: i64,
-    cond: Option<&[f32]>,
-    labels: Option<&[f32]>,
-    guided: bool,
-    step: usize,
-) -> Result<(Vec<f32>, f64), SynthError> {
-    if !guided {
-        return session.run(
-            &BatchInput {
-                n,
-                sample: x,
-                timestep,
-                cond,
-                class_labels: labels,
-            },
-            step,
-        );
-    }
-    let doubled = |v: &[f32]| -> Vec<f32> { v.iter().chain(v.iter()).copied().collect() };
-    let sample = doubled(x);
-    let cond2 = cond.map(doubled);
-    session.run(
-        &BatchInput {
-            n: 2 * n,
-            sample: &sample,
-            timestep,
-            cond: cond2.as_deref(),
-            class_labels: labels,
-        },
-        step,
-    )
 }
 
 /// Splits [N, C(·2), H, W] into the prediction and (learned) variance, and
@@ -258,4 +241,21 @@ pub fn composite(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guidance_combines_conditional_and_unconditional_halves() {
+        // n = 1, hw = 2, learned variance: [cond pred, cond var, uncond pred, uncond var].
+        let output = [1.0, 2.0, 0.5, 0.5, 0.0, 0.0, 9.0, 9.0];
+        let (prediction, variance) = split_output(&output, 1, 2, true, Some(3.0));
+        assert_eq!(prediction, vec![3.0, 6.0], "ε_u + w (ε_c − ε_u)");
+        assert_eq!(variance, Some(vec![0.5, 0.5]), "variance from the conditional pass");
+        let (prediction, variance) = split_output(&output[..4], 2, 2, false, None);
+        assert_eq!(prediction, vec![1.0, 2.0, 0.5, 0.5]);
+        assert_eq!(variance, None);
+    }
 }

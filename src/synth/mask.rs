@@ -241,3 +241,35 @@ pub fn feather_weights(mask: &[u8], rows: usize, cols: usize, feather_px: u32) -
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feather_rises_from_the_mask_edge_and_is_zero_outside() {
+        // A 1 × 7 strip masked in columns 1..=5.
+        let mask = [0, 1, 1, 1, 1, 1, 0];
+        let w = feather_weights(&mask, 1, 7, 2);
+        assert_eq!(w, vec![0.0, 0.5, 1.0, 1.0, 1.0, 0.5, 0.0]);
+        let hard = feather_weights(&mask, 1, 7, 0);
+        assert_eq!(hard, vec![0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn pixel_positions_follow_dicom_orientation_and_spacing() {
+        // Row direction along +x with 0.5 mm between columns, column direction along +y with 2 mm between rows.
+        let g = SliceGeometry {
+            origin_mm: [10.0, 20.0, 30.0],
+            row_direction: [1.0, 0.0, 0.0],
+            column_direction: [0.0, 1.0, 0.0],
+            pixel_spacing_mm: [2.0, 0.5],
+        };
+        assert_eq!(g.position(3, 4), [12.0, 26.0, 30.0]);
+        let e = Ellipsoid {
+            centre_mm: [12.0, 26.0, 30.0],
+            radii_mm: [1.0, 1.0, 1.0],
+        };
+        assert!(e.contains(g.position(3, 4)) && e.contains(g.position(3, 5)) && !e.contains(g.position(4, 4)));
+    }
+}

@@ -9,6 +9,7 @@ use super::manifest::{Manifest, TimestepDtype};
 use crate::config::pipeline::{ProviderKind, Synth};
 use crate::runtime::{self, RuntimeInfo};
 use ort::ep;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::value::Tensor;
 use std::path::{Path, PathBuf};
@@ -24,14 +25,20 @@ pub struct EngineOptions {
     pub cache_dir: PathBuf,
 }
 
-/// One model batch: flat [N·C·H·W] sample, per-sample timestep, optional
-/// cond [N·K·H·W] and class labels [N·L].
-pub struct BatchInput<'a> {
+/// Input and output buffers for one batch, made once and reused every step
+/// so that the step loop allocates nothing: the sample tensor is refilled in
+/// place, `cond` and `class_labels` are constant for the batch.
+pub struct BatchBuffers {
+    /// Model batch size (2N under classifier-free guidance).
     pub n: usize,
-    pub sample: &'a [f32],
-    pub timestep: i64,
-    pub cond: Option<&'a [f32]>,
-    pub class_labels: Option<&'a [f32]>,
+    sample: Tensor<f32>,
+    cond: Option<ort::value::DynValue>,
+    labels: Option<ort::value::DynValue>,
+    /// The last run's output, flat [n·C_out·H·W].
+    pub output: Vec<f32>,
+    /// On GPU providers: cond and class_labels are bound (copied to the
+    /// device) once per batch; only x_t and the timestep move each step.
+    binding: Option<ort::session::IoBinding>,
 }
 
 pub struct ModelSession {
@@ -42,6 +49,9 @@ pub struct ModelSession {
     timestep: TimestepInput,
     output_name: String,
     manifest: Manifest,
+    io_binding: bool,
+    /// Set once a run has gone through IO binding (tests and bench read it).
+    bound_runs: std::sync::atomic::AtomicBool,
 }
 
 impl ModelSession {
@@ -88,6 +98,8 @@ impl ModelSession {
                         timestep,
                         output_name,
                         manifest: manifest.clone(),
+                        io_binding: kind != ProviderKind::Cpu,
+                        bound_runs: std::sync::atomic::AtomicBool::new(false),
                     });
                 }
                 Err(reason) => reasons.push(reason),
@@ -115,44 +127,143 @@ impl ModelSession {
         self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs the model once; returns the flat output and the seconds spent in
-    /// `Session::run` alone.
-    pub fn run(&self, input: &BatchInput, step: usize) -> Result<(Vec<f32>, f64), SynthError> {
-        let fail = |reason: String| SynthError::ModelRun {
-            step,
-            timestep: input.timestep,
-            reason,
+    /// Use IO binding (the default on GPU providers; settable so that the
+    /// path is also exercised on the CPU).
+    pub fn set_io_binding(&mut self, on: bool) {
+        self.io_binding = on;
+    }
+
+    /// Buffers for a model batch of `n` (cond [n·K·H·W] and labels [n·L] given whole).
+    pub fn buffers(&self, n: usize, cond: Option<&[f32]>, labels: Option<&[f32]>) -> Result<BatchBuffers, SynthError> {
+        let fail = |e: ort::Error| SynthError::ModelRun {
+            step: 0,
+            timestep: -1,
+            reason: format!("cannot allocate input tensors: {e}"),
         };
         let g = &self.manifest.geometry;
         let (h, w) = (g.height as usize, g.width as usize);
         let c = self.manifest.inputs.sample_channels as usize;
-        let n = input.n;
-        let mut values: Vec<(String, ort::value::DynValue)> = Vec::with_capacity(4);
-        let sample = Tensor::from_array(([n, c, h, w], input.sample.to_vec())).map_err(|e| fail(e.to_string()))?;
-        values.push((contract::SAMPLE.into(), sample.into_dyn()));
-        let timestep = match (self.timestep.dtype, self.timestep.scalar) {
+        let sample = Tensor::from_array(([n, c, h, w], vec![0.0f32; n * c * h * w])).map_err(fail)?;
+        let cond = cond
+            .map(|cond| {
+                let k = self.manifest.inputs.cond.len();
+                Tensor::from_array(([n, k, h, w], cond.to_vec())).map(|t| t.into_dyn())
+            })
+            .transpose()
+            .map_err(fail)?;
+        let labels = labels
+            .map(|labels| {
+                let l = self.manifest.inputs.class_labels.len();
+                Tensor::from_array(([n, l], labels.to_vec())).map(|t| t.into_dyn())
+            })
+            .transpose()
+            .map_err(fail)?;
+        let binding = if self.io_binding {
+            match self.bind(cond.as_ref(), labels.as_ref()) {
+                Ok(binding) => Some(binding),
+                Err(error) => {
+                    // Plain runs give the same numbers, only with more copies.
+                    tracing::warn!(
+                        stage = "synth",
+                        provider = self.provider.name(),
+                        "IO binding unavailable, using plain runs: {error}"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(BatchBuffers {
+            n,
+            sample,
+            cond,
+            labels,
+            binding,
+            output: Vec::with_capacity(n * self.manifest.output_channels() as usize * h * w),
+        })
+    }
+
+    /// Whether any run so far went through IO binding.
+    pub fn used_io_binding(&self) -> bool {
+        self.bound_runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn bind(
+        &self,
+        cond: Option<&ort::value::DynValue>,
+        labels: Option<&ort::value::DynValue>,
+    ) -> ort::Result<ort::session::IoBinding> {
+        let session = self.lock();
+        let mut binding = session.create_binding()?;
+        if let Some(cond) = cond {
+            binding.bind_input(contract::COND, cond)?;
+        }
+        if let Some(labels) = labels {
+            binding.bind_input(contract::CLASS_LABELS, labels)?;
+        }
+        // CUDA-pinned host memory for the output when on a GPU: the sampler
+        // reads it on the host without a pageable staging copy.
+        let device = if self.provider == ProviderKind::Cpu {
+            AllocationDevice::CPU
+        } else {
+            AllocationDevice::CUDA_PINNED
+        };
+        let memory = MemoryInfo::new(device, 0, AllocatorType::Device, MemoryType::CPUOutput)?;
+        binding.bind_output_to_device(self.output_name.as_str(), &memory)?;
+        Ok(binding)
+    }
+
+    /// Runs the model once on `x` (repeated to fill the batch, for guidance's
+    /// doubled batch); the output lands in `buffers.output`. Returns the
+    /// seconds spent in `Session::run` alone.
+    pub fn run(&self, buffers: &mut BatchBuffers, x: &[f32], timestep: i64, step: usize) -> Result<f64, SynthError> {
+        let fail = |reason: String| SynthError::ModelRun { step, timestep, reason };
+        let n = buffers.n;
+        {
+            let (_, data) = buffers.sample.extract_tensor_mut();
+            for chunk in data.chunks_mut(x.len()) {
+                chunk.copy_from_slice(&x[..chunk.len()]);
+            }
+        }
+        let timestep_value = match (self.timestep.dtype, self.timestep.scalar) {
             (TimestepDtype::Float32, false) => {
-                Tensor::from_array(([n], vec![input.timestep as f32; n])).map(|t| t.into_dyn())
+                Tensor::from_array(([n], vec![timestep as f32; n])).map(|t| t.into_dyn())
             }
             (TimestepDtype::Float32, true) => {
-                Tensor::from_array((Vec::<usize>::new(), vec![input.timestep as f32])).map(|t| t.into_dyn())
+                Tensor::from_array((Vec::<usize>::new(), vec![timestep as f32])).map(|t| t.into_dyn())
             }
-            (TimestepDtype::Int64, false) => Tensor::from_array(([n], vec![input.timestep; n])).map(|t| t.into_dyn()),
+            (TimestepDtype::Int64, false) => Tensor::from_array(([n], vec![timestep; n])).map(|t| t.into_dyn()),
             (TimestepDtype::Int64, true) => {
-                Tensor::from_array((Vec::<usize>::new(), vec![input.timestep])).map(|t| t.into_dyn())
+                Tensor::from_array((Vec::<usize>::new(), vec![timestep])).map(|t| t.into_dyn())
             }
         }
         .map_err(|e| fail(e.to_string()))?;
-        values.push((contract::TIMESTEP.into(), timestep));
-        if let Some(cond) = input.cond {
-            let k = self.manifest.inputs.cond.len();
-            let t = Tensor::from_array(([n, k, h, w], cond.to_vec())).map_err(|e| fail(e.to_string()))?;
-            values.push((contract::COND.into(), t.into_dyn()));
+        if let Some(binding) = buffers.binding.as_mut() {
+            binding
+                .bind_input(contract::SAMPLE, &buffers.sample)
+                .map_err(|e| fail(e.to_string()))?;
+            binding
+                .bind_input(contract::TIMESTEP, &timestep_value)
+                .map_err(|e| fail(e.to_string()))?;
+            let mut session = self.lock();
+            let started = Instant::now();
+            let outputs = session.run_binding(binding).map_err(|e| fail(e.to_string()))?;
+            self.bound_runs.store(true, std::sync::atomic::Ordering::Relaxed);
+            let seconds = started.elapsed().as_secs_f64();
+            let (_, data) = outputs[self.output_name.as_str()]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| fail(e.to_string()))?;
+            return self.take_output(&mut buffers.output, n, data).map(|()| seconds);
         }
-        if let Some(labels) = input.class_labels {
-            let l = self.manifest.inputs.class_labels.len();
-            let t = Tensor::from_array(([n, l], labels.to_vec())).map_err(|e| fail(e.to_string()))?;
-            values.push((contract::CLASS_LABELS.into(), t.into_dyn()));
+        let mut values: Vec<(&str, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(4);
+        values.push((contract::SAMPLE, (&buffers.sample).into()));
+        values.push((contract::TIMESTEP, (&timestep_value).into()));
+        if let Some(cond) = &buffers.cond {
+            values.push((contract::COND, cond.into()));
+        }
+        if let Some(labels) = &buffers.labels {
+            values.push((contract::CLASS_LABELS, labels.into()));
         }
         let mut session = self.lock();
         let started = Instant::now();
@@ -161,14 +272,21 @@ impl ModelSession {
         let (_, data) = outputs[self.output_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| fail(e.to_string()))?;
-        let expected = n * self.manifest.output_channels() as usize * h * w;
+        self.take_output(&mut buffers.output, n, data).map(|()| seconds)
+    }
+
+    fn take_output(&self, output: &mut Vec<f32>, n: usize, data: &[f32]) -> Result<(), SynthError> {
+        let g = &self.manifest.geometry;
+        let expected = n * self.manifest.output_channels() as usize * (g.height * g.width) as usize;
         if data.len() != expected {
             return Err(SynthError::OutputShape {
                 expected,
                 actual: data.len(),
             });
         }
-        Ok((data.to_vec(), seconds))
+        output.clear();
+        output.extend_from_slice(data);
+        Ok(())
     }
 }
 
@@ -232,7 +350,10 @@ fn build(
                 .error_on_failure()
         }
         ProviderKind::Cuda => ep::CUDA::default().build().error_on_failure(),
-        ProviderKind::Cpu => ep::CPU::default().build().error_on_failure(),
+        // ort's CPU default disables the memory arena; ONNX Runtime's own
+        // default (and Python's) enables it, and every step would otherwise
+        // allocate its activations afresh.
+        ProviderKind::Cpu => ep::CPU::default().with_arena_allocator(true).build().error_on_failure(),
     };
     let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
     let builder = builder

@@ -231,8 +231,35 @@ mod tests {
         let n = Normalization::from_values(&intensity(), [values.as_slice()]);
         assert_eq!((n.lower, n.upper), (10.0, 990.0));
         assert_eq!(n.forward(10.0), -1.0);
-        assert_eq!(n.forward(990.0), 1.0);
+        assert!((n.forward(990.0) - 1.0).abs() < 1e-6);
         assert!((n.inverse(n.forward(500.0)) - 500.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn volume_scope_shares_statistics_and_slice_scope_does_not() {
+        let dim: Vec<f32> = (1..=10).map(|v| v as f32).collect();
+        let bright: Vec<f32> = (1..=10).map(|v| v as f32 * 100.0).collect();
+        let slices = [dim.as_slice(), bright.as_slice()];
+        let volume = normalizations(&intensity(), &slices);
+        assert_eq!(volume[0], volume[1]);
+        assert_eq!((volume[0].lower, volume[0].upper), (1.0, 1000.0));
+        let per_slice = normalizations(
+            &Intensity {
+                scope: IntensityScope::Slice,
+                ..intensity()
+            },
+            &slices,
+        );
+        assert_eq!((per_slice[0].lower, per_slice[0].upper), (1.0, 10.0));
+        assert_eq!((per_slice[1].lower, per_slice[1].upper), (100.0, 1000.0));
+    }
+
+    #[test]
+    fn zero_background_is_left_out_of_the_percentiles() {
+        let mut values = vec![0.0f32; 1000];
+        values.extend((1..=100).map(|v| v as f32));
+        let n = Normalization::from_values(&intensity(), [values.as_slice()]);
+        assert_eq!(n.lower, 1.0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! deterministic. As diffusers' DDIMScheduler: "leading" spacing,
 //! set_alpha_to_one = true (ᾱ past the last step is 1), ε̂ from the unclipped x̂₀.
 
-use super::{leading_timesteps, predict_epsilon, predict_x0, NoiseSchedule, Sampler};
+use super::{leading_timesteps, Linear, NoiseSchedule, Sampler};
 
 pub struct Ddim {
     schedule: NoiseSchedule,
@@ -56,11 +56,12 @@ impl Sampler for Ddim {
         let sigma_t = self.eta * variance.sqrt();
         let direction = (1.0 - alpha_bar_prev - sigma_t * sigma_t).max(0.0).sqrt();
         let clip = config.clip_sample.then_some(config.clip_sample_range);
+        let linear = Linear::new(config.prediction_type, alpha_bar_t);
         for i in 0..sample.len() {
             let x = sample[i] as f64;
             let output = model_output[i] as f64;
-            let mut x0 = predict_x0(config.prediction_type, alpha_bar_t, x, output);
-            let eps = predict_epsilon(config.prediction_type, alpha_bar_t, x, output);
+            let mut x0 = linear.x0(x, output);
+            let eps = linear.eps(x, output);
             if let Some(range) = clip {
                 x0 = x0.clamp(-range, range);
             }

@@ -2,7 +2,7 @@
 //! q(x_{t−1} | x_t, x̂₀) with mean μ̃_t (eq. 7) and variance β̃_t or β_t,
 //! skipping timesteps as diffusers' DDPMScheduler does ("leading" spacing).
 
-use super::{leading_timesteps, predict_x0, NoiseSchedule, Sampler};
+use super::{leading_timesteps, Linear, NoiseSchedule, Sampler};
 use crate::synth::manifest::VarianceType;
 
 pub struct Ddpm {
@@ -59,9 +59,10 @@ impl Sampler for Ddpm {
         let beta_tilde = (beta_bar_prev / beta_bar_t * beta_t).max(1e-20);
         let clip = config.clip_sample.then_some(config.clip_sample_range);
         let add_noise = t > 0;
+        let linear = Linear::new(config.prediction_type, alpha_bar_t);
         for i in 0..sample.len() {
             let x = sample[i] as f64;
-            let mut x0 = predict_x0(config.prediction_type, alpha_bar_t, x, model_output[i] as f64);
+            let mut x0 = linear.x0(x, model_output[i] as f64);
             if let Some(range) = clip {
                 x0 = x0.clamp(-range, range);
             }

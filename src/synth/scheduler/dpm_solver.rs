@@ -5,7 +5,7 @@
 //!   first order:  x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D₀
 //!   second order: … − ½ α_t (e^{−h} − 1) D₁, D₁ = (D₀ − D₋₁)/r, r = h₋₁/h.
 
-use super::{predict_x0, NoiseSchedule, Sampler};
+use super::{Linear, NoiseSchedule, Sampler};
 
 pub struct DpmSolverPlusPlus {
     schedule: NoiseSchedule,
@@ -13,6 +13,8 @@ pub struct DpmSolverPlusPlus {
     /// σ (diffusers' sigma = √((1−ᾱ)/ᾱ)) per step, plus the final 0.
     sigmas: Vec<f64>,
     previous_x0: Option<Vec<f64>>,
+    /// Reused buffer for this step's D₀, swapped into `previous_x0`.
+    spare: Vec<f64>,
 }
 
 impl DpmSolverPlusPlus {
@@ -39,6 +41,7 @@ impl DpmSolverPlusPlus {
             timesteps,
             sigmas,
             previous_x0: None,
+            spare: Vec::new(),
         }
     }
 
@@ -83,12 +86,15 @@ impl Sampler for DpmSolverPlusPlus {
     ) {
         let prediction = self.schedule.config.prediction_type;
         let (alpha_s, sigma_s, lambda_s) = Self::alpha_sigma_lambda(self.sigmas[index]);
-        let alpha_bar_s = alpha_s * alpha_s;
-        let x0: Vec<f64> = sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| predict_x0(prediction, alpha_bar_s, x as f64, m as f64))
-            .collect();
+        let linear = Linear::new(prediction, alpha_s * alpha_s);
+        let mut x0 = std::mem::take(&mut self.spare);
+        x0.clear();
+        x0.extend(
+            sample
+                .iter()
+                .zip(model_output)
+                .map(|(&x, &m)| linear.x0(x as f64, m as f64)),
+        );
         let sigma_next = self.sigmas[index + 1];
         let last = index + 1 == self.timesteps.len();
         if sigma_next == 0.0 {
@@ -117,7 +123,9 @@ impl Sampler for DpmSolverPlusPlus {
                 }
             }
         }
-        self.previous_x0 = Some(x0);
+        if let Some(old) = self.previous_x0.replace(x0) {
+            self.spare = old;
+        }
     }
 
     fn reset(&mut self) {

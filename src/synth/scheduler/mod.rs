@@ -123,6 +123,45 @@ pub fn predict_epsilon(prediction: PredictionType, alpha_bar: f64, sample: f64, 
     }
 }
 
+/// x̂₀ and ε̂ are linear in (x_t, model output) for every prediction type:
+/// x̂₀ = a·x + b·m and ε̂ = c·x + d·m. Hoisting the coefficients out of the
+/// per-pixel loop leaves two multiply-adds per pixel.
+#[derive(Debug, Clone, Copy)]
+pub struct Linear {
+    pub x0: [f64; 2],
+    pub eps: [f64; 2],
+}
+
+impl Linear {
+    pub fn new(prediction: PredictionType, alpha_bar: f64) -> Linear {
+        let (sa, sb) = (alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt());
+        match prediction {
+            PredictionType::Epsilon => Linear {
+                x0: [1.0 / sa, -sb / sa],
+                eps: [0.0, 1.0],
+            },
+            PredictionType::Sample => Linear {
+                x0: [0.0, 1.0],
+                eps: [1.0 / sb, -sa / sb],
+            },
+            PredictionType::VPrediction => Linear {
+                x0: [sa, -sb],
+                eps: [sb, sa],
+            },
+        }
+    }
+
+    #[inline]
+    pub fn x0(&self, x: f64, m: f64) -> f64 {
+        self.x0[0] * x + self.x0[1] * m
+    }
+
+    #[inline]
+    pub fn eps(&self, x: f64, m: f64) -> f64 {
+        self.eps[0] * x + self.eps[1] * m
+    }
+}
+
 /// One sampler run over a batch: its timesteps and the update x_t → x_{t−1}.
 ///
 /// Buffers are flat [N·C·H·W]. Each element's update depends only on that

@@ -1,0 +1,165 @@
+//! `synthd bench --pipeline FILE`: runs a pipeline's model and sampler on
+//! synthetic slices and prints where the time goes. The final line is JSON
+//! for scripts (scripts/bench-engine.sh compares it with bench/python_loop.py).
+
+use crate::config::pipeline::LoadedPipeline;
+use crate::synth::{Engine, EngineOptions, SeriesRequest, SliceGeometry, SliceInput};
+use anyhow::{anyhow, Context, Result};
+use std::path::PathBuf;
+
+pub struct BenchArgs {
+    pub pipeline: PathBuf,
+    pub batch: Option<u32>,
+    pub steps: Option<u32>,
+    /// Slices per measured request; default 4 batches.
+    pub slices: Option<usize>,
+    /// CPU intra-op threads; 0 = all cores.
+    pub threads: u32,
+    /// TensorRT engine/timing cache folder.
+    pub cache_dir: Option<PathBuf>,
+    /// Override the pipeline's provider list (e.g. "cuda").
+    pub provider: Option<crate::config::pipeline::ProviderKind>,
+    pub library: Option<PathBuf>,
+    /// Measured runs; the fastest is reported (a shared machine's noise only ever adds time).
+    pub repeat: u32,
+}
+
+pub fn run(args: &BenchArgs) -> Result<i32> {
+    let loaded = LoadedPipeline::load(&args.pipeline).map_err(|problems| anyhow!("{problems}"))?;
+    let mut synth = loaded.pipeline.synth.clone().ok_or_else(|| {
+        anyhow!(
+            "{}: the pipeline has no [synth] section; bench needs a model",
+            args.pipeline.display()
+        )
+    })?;
+    let model = loaded.model_path().context("pipeline model path")?;
+    if let Some(batch) = args.batch {
+        synth.batch = batch.max(1);
+    }
+    if let Some(steps) = args.steps {
+        synth.steps = steps.max(1);
+    }
+    if let Some(provider) = args.provider {
+        synth.providers = vec![provider];
+    }
+    let runtime = crate::runtime::init(args.library.as_deref()).context("stage=bench: loading ONNX Runtime")?;
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("synthd-bench-cache"));
+    let engine = Engine::new(
+        runtime,
+        &model,
+        &synth,
+        EngineOptions {
+            intra_op_threads: args.threads,
+            cache_dir,
+        },
+    )
+    .with_context(|| format!("stage=bench: starting the engine for {}", model.display()))?;
+    let g = &engine.manifest().geometry;
+    let (rows, cols) = (g.height as usize, g.width as usize);
+    let slices = args.slices.unwrap_or(4 * synth.batch as usize).max(1);
+    println!("model: {} (sha256 {})", model.display(), engine.model_sha256());
+    println!(
+        "provider: {} ({})",
+        engine.provider().name(),
+        if engine.provider_fallbacks().is_empty() {
+            "first choice".to_string()
+        } else {
+            engine.provider_fallbacks().join("; ")
+        }
+    );
+    println!(
+        "sampler: {} steps {} batch {} slices {} of {rows}x{cols} threads {}",
+        synth.sampler.name(),
+        synth.steps,
+        synth.batch,
+        slices,
+        args.threads
+    );
+    // Warm-up: the first runs allocate arenas (and build TensorRT engines).
+    engine
+        .inpaint_series(&synthetic(synth.batch as usize, rows, cols, 1))
+        .context("stage=bench: warm-up run")?;
+    let request = synthetic(slices, rows, cols, 2);
+    let mut best: Option<crate::synth::SeriesResult> = None;
+    for _ in 0..args.repeat.max(1) {
+        let result = engine.inpaint_series(&request).context("stage=bench: measured run")?;
+        if best.as_ref().is_none_or(|b| result.total_seconds < b.total_seconds) {
+            best = Some(result);
+        }
+    }
+    let result = best.context("stage=bench: no measured run")?;
+    for (step, seconds) in result.step_ort_seconds.iter().enumerate() {
+        println!("step {step:>3}: onnxruntime {:>9.3} ms", seconds * 1e3);
+    }
+    let overhead = result.total_seconds / result.ort_seconds.max(f64::MIN_POSITIVE);
+    let throughput = slices as f64 / result.total_seconds;
+    println!(
+        "model runs: {} (io binding: {})",
+        result.model_runs,
+        engine.used_io_binding()
+    );
+    println!("time inside session.run: {:.4} s", result.ort_seconds);
+    println!("total wall time: {:.4} s", result.total_seconds);
+    println!("overhead ratio (wall / session.run): {overhead:.3}");
+    println!("throughput: {throughput:.2} slices/s");
+    let summary = serde_json::json!({
+        "ort_seconds": result.ort_seconds,
+        "total_seconds": result.total_seconds,
+        "overhead_ratio": overhead,
+        "slices_per_second": throughput,
+        "provider": engine.provider().name(),
+        "steps": synth.steps,
+        "batch": synth.batch,
+        "slices": slices,
+        "model_runs": result.model_runs,
+        "repeat": args.repeat.max(1),
+        "io_binding": engine.used_io_binding(),
+    });
+    println!("{summary}");
+    Ok(0)
+}
+
+/// FAKE slices: a textured disc with a square mask in the middle, already at
+/// the model's size so that the figures measure the sampler loop.
+fn synthetic(count: usize, rows: usize, cols: usize, salt: u32) -> SeriesRequest {
+    let slices = (0..count)
+        .map(|z| {
+            let values = (0..rows * cols)
+                .map(|i| {
+                    let (r, c) = ((i / cols) as f32, (i % cols) as f32);
+                    let dy = r / rows as f32 - 0.5;
+                    let dx = c / cols as f32 - 0.5;
+                    if dx * dx + dy * dy < 0.16 {
+                        500.0 + 100.0 * (r * 0.3 + z as f32).sin()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = (0..rows * cols)
+                .map(|i| {
+                    u8::from(
+                        (rows / 3..2 * rows / 3).contains(&(i / cols))
+                            && (cols / 3..2 * cols / 3).contains(&(i % cols)),
+                    )
+                })
+                .collect();
+            SliceInput {
+                id: format!("bench.{salt}.{z}"),
+                rows,
+                cols,
+                values,
+                geometry: SliceGeometry::axial(z as f64, 1.0),
+                mask: Some(mask),
+            }
+        })
+        .collect();
+    SeriesRequest {
+        slices,
+        variant: 0,
+        seed: 1,
+    }
+}
