@@ -146,6 +146,12 @@ fn parse_log_format(text: &str) -> Result<LogFormat, String> {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, stop quietly when the reader of our output goes
+    // away (`synthd doctor | head`) instead of panicking on a broken pipe.
+    // SAFETY: called before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     synthd::logging::init(cli.log_format.unwrap_or_default());
     let result = match cli.command {
