@@ -45,6 +45,36 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// De-identify DICOM files and folders per DICOM PS3.15 Annex E into DIR/<study>/<series>/<sop>.dcm.
+    Deid {
+        /// Files or folders (searched recursively).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output folder; files are named by their new UIDs only.
+        #[arg(long)]
+        output: PathBuf,
+        /// Take the de-identification profile from this pipeline's [deid] table.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// An Annex E option (repeatable), e.g. retain-longitudinal-modified-dates.
+        #[arg(long = "option", value_name = "NAME")]
+        options: Vec<synthd::deid::DeidOption>,
+        /// The site key [default: deid.key_file of the daemon config].
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The daemon config, for its key file [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write the re-identification crosswalk (CSV, mode 0600) here.
+        #[arg(long)]
+        crosswalk: Option<PathBuf>,
+        /// Where files that cannot be handled go [default: OUTPUT-quarantine beside OUTPUT].
+        #[arg(long)]
+        quarantine: Option<PathBuf>,
+        /// Parallel workers [default: all cores].
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// Write a fresh site key (32 random bytes, mode 0600) to FILE; never overwrites.
     Keygen { file: PathBuf },
 }
@@ -64,6 +94,27 @@ fn main() -> ExitCode {
         Command::Init { dir } => commands::init::run(&dir),
         Command::Validate { files } => Ok(commands::validate::run(&files)),
         Command::Doctor { config } => Ok(commands::doctor::run(&config::config_path(config.as_deref()))),
+        Command::Deid {
+            inputs,
+            output,
+            pipeline,
+            options,
+            key_file,
+            config,
+            crosswalk,
+            quarantine,
+            jobs,
+        } => commands::deid::run(commands::deid::DeidArgs {
+            inputs,
+            output,
+            pipeline,
+            options,
+            key_file,
+            config,
+            crosswalk,
+            quarantine,
+            jobs,
+        }),
         Command::Keygen { file } => synthd::keyfile::generate(&file)
             .map(|()| {
                 println!("wrote {} (mode 0600)", file.display());

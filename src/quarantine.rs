@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Why an input was quarantined or refused. The kebab-case names are the
 /// stable, machine-readable codes admins filter on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReasonCode {
     NotDicom,
@@ -25,6 +25,7 @@ pub enum ReasonCode {
     NotARegularFile,
     ModelFailure,
     InvalidPixelData,
+    InvalidUid,
 }
 
 impl ReasonCode {
@@ -43,6 +44,7 @@ impl ReasonCode {
             ReasonCode::NotARegularFile => "not-a-regular-file",
             ReasonCode::ModelFailure => "model-failure",
             ReasonCode::InvalidPixelData => "invalid-pixel-data",
+            ReasonCode::InvalidUid => "invalid-uid",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The subcommands, one file each. Each returns an exit code; errors carry
 //! context naming the file and stage, never a patient value.
 
+pub mod deid;
 pub mod doctor;
 pub mod init;
 pub mod validate;

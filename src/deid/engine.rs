@@ -1,0 +1,826 @@
+//! The de-identifier: walks every element of a dataset, file meta and every
+//! sequence item included, and applies Table E.1-1 as the selected options
+//! modify it. UIDs, pseudonyms and date shifts are keyed, so every file of a
+//! patient, in any run on any machine with the same key, agrees.
+
+use super::dates;
+use super::dummy::dummy_value;
+use super::iod;
+use super::table::{is_repeating_group, Action, Row, Table, EDITION};
+use super::uid;
+use super::DeidOption;
+use crate::config::pipeline::DeidProfile;
+use crate::keyfile::SiteKey;
+use crate::phi::{keyed_digest, Phi};
+use crate::quarantine::{ReasonCode, Rejection};
+use dicom_core::dictionary::DataDictionary;
+use dicom_core::header::Header;
+use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
+use dicom_core::{DataElement, Tag, VR};
+use dicom_dictionary_std::{tags, StandardDataDictionary};
+use dicom_object::mem::InMemElement;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+const SAFE_PRIVATE_TSV: &str = include_str!("safe_private.tsv");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeidError {
+    #[error(
+        "options retain-longitudinal-full-dates and retain-longitudinal-modified-dates exclude each other; choose one"
+    )]
+    ConflictingDateOptions,
+    #[error("cannot encode the de-identified object: {0}")]
+    Encode(String),
+}
+
+/// One original → replacement pair, for the IRB crosswalk.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CrosswalkEntry {
+    /// DICOM keyword of the attribute, e.g. PatientID or StudyInstanceUID.
+    pub attribute: String,
+    pub original: Phi<String>,
+    pub replacement: String,
+}
+
+/// A de-identified instance and what it is now called.
+#[derive(Debug, Clone)]
+pub struct Deidentified {
+    pub object: DefaultDicomObject,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub crosswalk: Vec<CrosswalkEntry>,
+}
+
+impl Deidentified {
+    /// The Part 10 file bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, DeidError> {
+        let mut bytes = Vec::new();
+        self.object
+            .write_all(&mut bytes)
+            .map_err(|e| DeidError::Encode(e.to_string()))?;
+        Ok(bytes)
+    }
+
+    /// `<study>/<series>/<sop>.dcm`, named only by new UIDs.
+    pub fn relative_path(&self) -> PathBuf {
+        Path::new(&self.study_uid)
+            .join(&self.series_uid)
+            .join(format!("{}.dcm", self.sop_instance_uid))
+    }
+}
+
+/// Attributes whose original values must never survive, searched for in the
+/// output bytes by the residual-PHI self-check (unless an option keeps them).
+const IDENTIFYING: &[(Tag, &str)] = &[
+    (tags::PATIENT_NAME, "PatientName"),
+    (tags::PATIENT_ID, "PatientID"),
+    (Tag(0x0010, 0x1000), "OtherPatientIDs"),
+    (tags::OTHER_PATIENT_NAMES, "OtherPatientNames"),
+    (tags::PATIENT_BIRTH_NAME, "PatientBirthName"),
+    (tags::PATIENT_MOTHER_BIRTH_NAME, "PatientMotherBirthName"),
+    (tags::PATIENT_ADDRESS, "PatientAddress"),
+    (tags::PATIENT_TELEPHONE_NUMBERS, "PatientTelephoneNumbers"),
+    (tags::ACCESSION_NUMBER, "AccessionNumber"),
+    (tags::STUDY_ID, "StudyID"),
+    (tags::INSTITUTION_NAME, "InstitutionName"),
+    (tags::INSTITUTION_ADDRESS, "InstitutionAddress"),
+    (tags::INSTITUTIONAL_DEPARTMENT_NAME, "InstitutionalDepartmentName"),
+    (tags::REFERRING_PHYSICIAN_NAME, "ReferringPhysicianName"),
+    (tags::PERFORMING_PHYSICIAN_NAME, "PerformingPhysicianName"),
+    (tags::NAME_OF_PHYSICIANS_READING_STUDY, "NameOfPhysiciansReadingStudy"),
+    (tags::REQUESTING_PHYSICIAN, "RequestingPhysician"),
+    (tags::OPERATORS_NAME, "OperatorsName"),
+    (tags::STATION_NAME, "StationName"),
+    (tags::DEVICE_SERIAL_NUMBER, "DeviceSerialNumber"),
+];
+
+/// Modalities that often carry burned-in text (PS3.15 E.3.1 notes).
+const BURNED_IN_PRONE_MODALITIES: &[&str] = &["US", "SC", "XC", "ES", "OT", "GM", "SM", "DOC"];
+const SECONDARY_CAPTURE_ROOT: &str = "1.2.840.10008.5.1.4.1.1.7";
+
+pub struct Deidentifier {
+    key: SiteKey,
+    profile: DeidProfile,
+    options: BTreeSet<DeidOption>,
+    table: &'static Table,
+    safe_private: HashSet<(String, u16, u8)>,
+}
+
+impl Deidentifier {
+    pub fn new(key: SiteKey, profile: &DeidProfile) -> Result<Deidentifier, DeidError> {
+        let options: BTreeSet<DeidOption> = profile.options.iter().copied().collect();
+        if options.contains(&DeidOption::RetainLongitudinalFullDates)
+            && options.contains(&DeidOption::RetainLongitudinalModifiedDates)
+        {
+            return Err(DeidError::ConflictingDateOptions);
+        }
+        let safe_private = SAFE_PRIVATE_TSV
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("creator\t") && !l.trim().is_empty())
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('\t').collect();
+                Some((
+                    cells.first()?.to_string(),
+                    u16::from_str_radix(cells.get(1)?, 16).ok()?,
+                    u8::from_str_radix(cells.get(2)?, 16).ok()?,
+                ))
+            })
+            .collect();
+        Ok(Deidentifier {
+            key,
+            profile: profile.clone(),
+            options,
+            table: Table::standard(),
+            safe_private,
+        })
+    }
+
+    pub fn options(&self) -> &BTreeSet<DeidOption> {
+        &self.options
+    }
+
+    pub fn deidentify_file(&self, path: &Path) -> Result<Deidentified, Rejection> {
+        let object = super::read::read_instance(path)?;
+        self.deidentify_object(object)
+    }
+
+    pub fn deidentify_object(&self, original: DefaultDicomObject) -> Result<Deidentified, Rejection> {
+        self.check_burned_in(&original)?;
+        let text = |tag| string_of(&original, tag).unwrap_or_default();
+        let patient_id = text(tags::PATIENT_ID);
+        let sop_class_uid = text(tags::SOP_CLASS_UID);
+        if sop_class_uid.is_empty() || text(tags::SOP_INSTANCE_UID).is_empty() {
+            return Err(Rejection::new(
+                ReasonCode::NotDicom,
+                "the dataset has no SOP Class UID or SOP Instance UID; it is not a composite instance",
+            ));
+        }
+        let shift = self
+            .options
+            .contains(&DeidOption::RetainLongitudinalModifiedDates)
+            .then(|| dates::shift_days(&self.key, &patient_id, self.profile.date_shift_days));
+        let pseudonym = self.pseudonym(&patient_id, &text(tags::PATIENT_NAME));
+        let mut walk = Walk {
+            d: self,
+            shift,
+            terms: identifying_terms(&original, 3),
+            enhanced: original.get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).is_some(),
+            pseudonym,
+            crosswalk: BTreeMap::new(),
+            kept_identifying: BTreeSet::new(),
+        };
+        let mut object = walk.dataset(&original, true);
+        self.attribute(&mut object, shift);
+
+        let sop_instance_uid = valid_uid(&object, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
+        let study_uid = valid_uid(&object, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
+        let series_uid = valid_uid(&object, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
+        let transfer_syntax = original.meta().transfer_syntax().trim_end_matches('\0').to_string();
+        let meta = dicom_object::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(sop_class_uid.as_str())
+            .media_storage_sop_instance_uid(sop_instance_uid.as_str())
+            .transfer_syntax(transfer_syntax.as_str())
+            .implementation_class_uid(crate::output::IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(crate::output::implementation_version_name())
+            .build()
+            .map_err(|e| Rejection::new(ReasonCode::NotDicom, format!("cannot build file meta: {e}")))?;
+        let object = object.with_exact_meta(meta);
+
+        self.residual_check(&original, &object, &walk.kept_identifying)?;
+
+        let crosswalk = walk
+            .crosswalk
+            .into_iter()
+            .map(|((attribute, original), replacement)| CrosswalkEntry {
+                attribute,
+                original: Phi::new(original),
+                replacement,
+            })
+            .collect();
+        Ok(Deidentified {
+            object,
+            study_uid,
+            series_uid,
+            sop_instance_uid,
+            sop_class_uid,
+            crosswalk,
+        })
+    }
+
+    fn check_burned_in(&self, object: &InMemDicomObject) -> Result<(), Rejection> {
+        match string_of(object, tags::BURNED_IN_ANNOTATION).as_deref() {
+            Some("YES") if !self.profile.accept_burned_in => Err(Rejection::new(
+                ReasonCode::BurnedInAnnotation,
+                "Burned In Annotation (0028,0301) is YES; set deid.accept_burned_in = true in the pipeline only after the pixels are cleaned",
+            )),
+            Some(_) => Ok(()),
+            None => {
+                let modality = string_of(object, tags::MODALITY).unwrap_or_default();
+                let sop_class = string_of(object, tags::SOP_CLASS_UID).unwrap_or_default();
+                let prone = BURNED_IN_PRONE_MODALITIES.contains(&modality.as_str())
+                    || sop_class.starts_with(SECONDARY_CAPTURE_ROOT);
+                let has_pixels = object.get(tags::PIXEL_DATA).is_some();
+                if prone && has_pixels && !self.profile.accept_burned_in_unknown {
+                    Err(Rejection::new(
+                        ReasonCode::BurnedInAnnotationUnknown,
+                        format!(
+                            "Burned In Annotation (0028,0301) is absent on a {} image, which often carries burned-in text; \
+                             set deid.accept_burned_in_unknown = true to accept such images",
+                            if modality.is_empty() { "secondary capture" } else { modality.as_str() }
+                        ),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Keyed pseudonyms: `<prefix>-<10 hex>` and `<prefix>^<10 hex>`.
+    fn pseudonym(&self, patient_id: &str, patient_name: &str) -> (String, String) {
+        let basis = if patient_id.is_empty() {
+            patient_name
+        } else {
+            patient_id
+        };
+        let digest = keyed_digest(&self.key, "synthd/patient", &[basis.as_bytes()]);
+        let hex: String = digest[..5].iter().map(|b| format!("{b:02X}")).collect();
+        let prefix = &self.profile.pseudonym_prefix;
+        (format!("{prefix}-{hex}"), format!("{prefix}^{hex}"))
+    }
+
+    /// (0012,0062..0064), (0028,0303) and the De-identifying Equipment item.
+    fn attribute(&self, object: &mut InMemDicomObject, shift: Option<i64>) {
+        put_str(object, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
+        let mut method = vec![format!("DICOM PS3.15 {EDITION} E.1-1 Basic Profile")];
+        method.extend(self.options.iter().map(|o| truncate(o.standard_name(), 64)));
+        object.put(DataElement::new(
+            tags::DEIDENTIFICATION_METHOD,
+            VR::LO,
+            PrimitiveValue::Strs(method.into()),
+        ));
+        let mut codes = vec![code_item("113100", "Basic Application Confidentiality Profile")];
+        for option in &self.options {
+            let (code, meaning) = match option {
+                DeidOption::RetainSafePrivate => ("113111", "Retain Safe Private Option"),
+                DeidOption::RetainUids => ("113110", "Retain UIDs Option"),
+                DeidOption::RetainDeviceIdentity => ("113109", "Retain Device Identity Option"),
+                DeidOption::RetainInstitutionIdentity => ("113112", "Retain Institution Identity Option"),
+                DeidOption::RetainPatientCharacteristics => ("113108", "Retain Patient Characteristics Option"),
+                DeidOption::RetainLongitudinalFullDates => {
+                    ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
+                }
+                DeidOption::RetainLongitudinalModifiedDates => (
+                    "113107",
+                    "Retain Longitudinal Temporal Information Modified Dates Option",
+                ),
+                DeidOption::CleanDescriptors => ("113105", "Clean Descriptors Option"),
+                DeidOption::CleanStructuredContent => ("113104", "Clean Structured Content Option"),
+                DeidOption::CleanGraphics => ("113103", "Clean Graphics Option"),
+            };
+            codes.push(code_item(code, meaning));
+        }
+        object.put(DataElement::new(
+            tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(codes),
+        ));
+        let temporal = if shift.is_some() {
+            "MODIFIED"
+        } else if self.options.contains(&DeidOption::RetainLongitudinalFullDates) {
+            "UNMODIFIED"
+        } else {
+            "REMOVED"
+        };
+        put_str(
+            object,
+            tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED,
+            VR::CS,
+            temporal,
+        );
+
+        let mut equipment: Vec<InMemDicomObject> = object
+            .get(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
+            .and_then(|e| e.items())
+            .map(|items| items.to_vec())
+            .unwrap_or_default();
+        let mut item = InMemDicomObject::new_empty();
+        item.put(DataElement::new(
+            tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(vec![code_item("109104", "De-identifying Equipment")]),
+        ));
+        put_str(&mut item, tags::MANUFACTURER, VR::LO, "synthd");
+        put_str(&mut item, tags::MANUFACTURER_MODEL_NAME, VR::LO, "synthd");
+        put_str(&mut item, tags::SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION"));
+        put_str(
+            &mut item,
+            tags::CONTRIBUTION_DESCRIPTION,
+            VR::ST,
+            &format!("De-identified per DICOM PS3.15 {EDITION} Annex E, keyed UIDs and pseudonyms"),
+        );
+        equipment.push(item);
+        object.put(DataElement::new(
+            tags::CONTRIBUTING_EQUIPMENT_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(equipment),
+        ));
+    }
+
+    /// Defence in depth: the encoded output must not contain the original's
+    /// identifying values, except those an option deliberately keeps.
+    fn residual_check(
+        &self,
+        original: &InMemDicomObject,
+        output: &DefaultDicomObject,
+        kept: &BTreeSet<&'static str>,
+    ) -> Result<(), Rejection> {
+        let mut header_only = output.clone();
+        header_only.remove_element(tags::PIXEL_DATA);
+        // Values that name products, not people or places, may equal an
+        // identifying value by chance (Institution Name "TOSHIBA" beside
+        // Manufacturer "TOSHIBA"); they are left out of the search.
+        blank_product_names(&mut header_only);
+        let mut bytes = Vec::new();
+        if header_only.write_all(&mut bytes).is_err() {
+            return Err(Rejection::new(
+                ReasonCode::UnsupportedTransferSyntax,
+                "the de-identified instance cannot be encoded in its transfer syntax",
+            ));
+        }
+        let haystack = bytes.to_ascii_uppercase();
+        for &(tag, keyword) in IDENTIFYING {
+            if kept.contains(keyword) {
+                continue;
+            }
+            let Some(value) = string_of(original, tag) else {
+                continue;
+            };
+            // The whole value in any case; its parts (name components, words)
+            // only as written and when long enough not to be common words.
+            let whole = value.trim().to_ascii_uppercase();
+            let found_whole = whole.len() >= 4 && contains(&haystack, whole.as_bytes());
+            let found_part = parts_of(&value)
+                .iter()
+                .filter(|part| part.chars().count() >= 5)
+                .any(|part| contains(&bytes, part.as_bytes()));
+            if found_whole || found_part {
+                return Err(Rejection::new(
+                    ReasonCode::ResidualPhi,
+                    format!("the value of {keyword} of the original still appears in the de-identified output"),
+                ));
+            }
+        }
+        if !self.options.contains(&DeidOption::RetainUids) {
+            for (tag, keyword) in [
+                (tags::STUDY_INSTANCE_UID, "StudyInstanceUID"),
+                (tags::SERIES_INSTANCE_UID, "SeriesInstanceUID"),
+                (tags::SOP_INSTANCE_UID, "SOPInstanceUID"),
+                (tags::FRAME_OF_REFERENCE_UID, "FrameOfReferenceUID"),
+            ] {
+                if let Some(value) = string_of(original, tag) {
+                    if !uid::is_registered(&value) && contains_uid(&bytes, &value) {
+                        return Err(Rejection::new(
+                            ReasonCode::ResidualPhi,
+                            format!("the original {keyword} still appears in the de-identified output"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One de-identification pass over one instance.
+struct Walk<'a> {
+    d: &'a Deidentifier,
+    shift: Option<i64>,
+    /// Identifying strings of this instance, replaced inside cleaned text.
+    terms: Vec<String>,
+    enhanced: bool,
+    pseudonym: (String, String),
+    crosswalk: BTreeMap<(String, String), String>,
+    /// Identifying attributes an option kept (excluded from the residual check).
+    kept_identifying: BTreeSet<&'static str>,
+}
+
+impl Walk<'_> {
+    fn dataset(&mut self, source: &InMemDicomObject, top: bool) -> InMemDicomObject {
+        let dropped_overlays = self.overlay_groups_to_drop(source);
+        let safe_blocks = self.safe_private_blocks(source);
+        let mut out = InMemDicomObject::new_empty();
+        for element in source.iter() {
+            let tag = element.tag();
+            if tag.element() == 0 && tag.group() != 0xFFFE {
+                continue; // group lengths are recomputed by the writer, if at all
+            }
+            if is_repeating_group(tag.group(), 0x6000) && dropped_overlays.contains(&tag.group()) {
+                continue;
+            }
+            if tag.group() % 2 == 1 {
+                if self.keep_private(tag, &safe_blocks) {
+                    out.put(element.clone());
+                }
+                continue;
+            }
+            if let Some(new) = self.element(element, top) {
+                out.put(new);
+            }
+        }
+        out
+    }
+
+    /// Overlay planes removed whole: all of them under the Basic Profile
+    /// (Overlay Data is X); with Clean Graphics, graphics overlays (type G,
+    /// which may draw text) go and ROI overlays (type R, shapes) stay.
+    fn overlay_groups_to_drop(&self, source: &InMemDicomObject) -> BTreeSet<u16> {
+        let clean_graphics = self.d.options.contains(&DeidOption::CleanGraphics);
+        source
+            .tags()
+            .map(|t| t.group())
+            .filter(|&g| is_repeating_group(g, 0x6000))
+            .filter(|&group| {
+                if !clean_graphics {
+                    return true;
+                }
+                let kind = source
+                    .get(Tag(group, 0x0040))
+                    .and_then(|e| e.to_str().ok())
+                    .map(|s| s.trim().to_string());
+                kind.as_deref() != Some("R")
+            })
+            .collect()
+    }
+
+    /// Private blocks `(group, block)` whose creator is on the safe list.
+    fn safe_private_blocks(&self, source: &InMemDicomObject) -> BTreeMap<(u16, u8), String> {
+        let mut blocks = BTreeMap::new();
+        if !self.d.options.contains(&DeidOption::RetainSafePrivate) {
+            return blocks;
+        }
+        for element in source.iter() {
+            let tag = element.tag();
+            if tag.group() % 2 == 1 && (0x10..=0xFF).contains(&tag.element()) {
+                if let Ok(creator) = element.to_str() {
+                    let creator = creator.trim().to_string();
+                    if self
+                        .d
+                        .safe_private
+                        .iter()
+                        .any(|(c, g, _)| *c == creator && *g == tag.group())
+                    {
+                        blocks.insert((tag.group(), tag.element() as u8), creator);
+                    }
+                }
+            }
+        }
+        blocks
+    }
+
+    fn keep_private(&self, tag: Tag, safe_blocks: &BTreeMap<(u16, u8), String>) -> bool {
+        let group = tag.group();
+        let element = tag.element();
+        if (0x10..=0xFF).contains(&element) {
+            return safe_blocks.contains_key(&(group, element as u8));
+        }
+        let block = (element >> 8) as u8;
+        match safe_blocks.get(&(group, block)) {
+            Some(creator) => self.d.safe_private.contains(&(creator.clone(), group, element as u8)),
+            None => false,
+        }
+    }
+
+    fn effective(&self, row: &Row) -> Action {
+        let mut chosen: Option<Action> = None;
+        for option in &self.d.options {
+            if let Some(action) = row.option(*option) {
+                // When several selected options name one attribute, the more
+                // protective wins: C (clean) over K (keep).
+                chosen = Some(match (chosen, action) {
+                    (Some(Action::Clean), _) | (_, Action::Clean) => Action::Clean,
+                    (_, other) => other,
+                });
+            }
+        }
+        chosen.unwrap_or(row.basic)
+    }
+
+    fn element(&mut self, element: &InMemElement, top: bool) -> Option<InMemElement> {
+        let tag = element.tag();
+        let vr = element.vr();
+        if top && tag == tags::PATIENT_ID {
+            let pseudonym = self.pseudonym.0.clone();
+            self.record("PatientID", element, &pseudonym);
+            return Some(DataElement::new(tag, VR::LO, PrimitiveValue::from(pseudonym)));
+        }
+        if top && tag == tags::PATIENT_NAME {
+            let pseudonym = self.pseudonym.1.clone();
+            self.record("PatientName", element, &pseudonym);
+            return Some(DataElement::new(tag, VR::PN, PrimitiveValue::from(pseudonym)));
+        }
+        let row = self.d.table.row(tag);
+        let action = match row {
+            Some(row) => {
+                let action = self.effective(row);
+                let known = if top {
+                    iod::attribute_type(&row.keyword, self.enhanced)
+                } else {
+                    None
+                };
+                iod::resolve(action, known, vr == VR::SQ)
+            }
+            None => self.default_action(element),
+        };
+        if top && action == Action::Keep {
+            if let Some(&(_, keyword)) = IDENTIFYING.iter().find(|(t, _)| *t == tag) {
+                self.kept_identifying.insert(keyword);
+            }
+        }
+        match action {
+            Action::Remove => None,
+            Action::Keep => Some(self.keep(element)),
+            Action::Zero => Some(self.zero(element)),
+            Action::Dummy => Some(self.dummy(element)),
+            Action::Clean => self.clean(element),
+            Action::Uid => Some(self.uid(element)),
+            compound => {
+                // resolve() leaves no compound action; treat any as the most protective.
+                debug_assert!(false, "unresolved compound action {}", compound.code());
+                None
+            }
+        }
+    }
+
+    /// Attributes the table does not name: UIDs that are not registered are
+    /// remapped, dates are shifted when dates are modified, the rest is kept.
+    fn default_action(&self, element: &InMemElement) -> Action {
+        match element.vr() {
+            VR::UI => {
+                let values = multi_str(element);
+                if values.iter().all(|v| v.is_empty() || uid::is_registered(v)) || self.retain_uids() {
+                    Action::Keep
+                } else {
+                    Action::Uid
+                }
+            }
+            VR::DA | VR::DT if self.shift.is_some() => Action::Clean,
+            _ => Action::Keep,
+        }
+    }
+
+    fn retain_uids(&self) -> bool {
+        self.d.options.contains(&DeidOption::RetainUids)
+    }
+
+    fn keep(&mut self, element: &InMemElement) -> InMemElement {
+        match element.value() {
+            Value::Sequence(sequence) => self.sequence(element.tag(), sequence.items()),
+            _ => element.clone(),
+        }
+    }
+
+    fn sequence(&mut self, tag: Tag, items: &[InMemDicomObject]) -> InMemElement {
+        let items: Vec<InMemDicomObject> = items.iter().map(|item| self.dataset(item, false)).collect();
+        DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+    }
+
+    fn zero(&self, element: &InMemElement) -> InMemElement {
+        match element.vr() {
+            VR::SQ => DataElement::new(element.tag(), VR::SQ, DataSetSequence::<InMemDicomObject>::from(vec![])),
+            vr => DataElement::new(element.tag(), vr, PrimitiveValue::Empty),
+        }
+    }
+
+    fn dummy(&mut self, element: &InMemElement) -> InMemElement {
+        match element.vr() {
+            // A dummy sequence: present, non-empty, and carrying nothing.
+            VR::SQ => DataElement::new(
+                element.tag(),
+                VR::SQ,
+                DataSetSequence::from(vec![InMemDicomObject::new_empty()]),
+            ),
+            VR::UI => self.uid(element),
+            vr => DataElement::new(element.tag(), vr, dummy_value(vr)),
+        }
+    }
+
+    fn clean(&mut self, element: &InMemElement) -> Option<InMemElement> {
+        let tag = element.tag();
+        match element.vr() {
+            VR::SQ => Some(self.keep(element)),
+            VR::UI => Some(self.uid(element)),
+            VR::DA | VR::DT => {
+                let Some(days) = self.shift else {
+                    return Some(self.zero(element));
+                };
+                let is_dt = element.vr() == VR::DT;
+                let shifted: Option<Vec<String>> = multi_str(element)
+                    .iter()
+                    .map(|value| {
+                        if value.trim().is_empty() {
+                            Some(String::new())
+                        } else if is_dt {
+                            dates::shift_dt(value, days)
+                        } else {
+                            dates::shift_da(value, days)
+                        }
+                    })
+                    .collect();
+                // A value that is not a date cannot be shifted; it is emptied, never kept.
+                Some(match shifted {
+                    Some(values) => DataElement::new(tag, element.vr(), PrimitiveValue::Strs(values.into())),
+                    None => self.zero(element),
+                })
+            }
+            VR::LO | VR::SH | VR::ST | VR::LT | VR::UT | VR::UC | VR::PN | VR::CS | VR::AE => {
+                let values: Vec<String> = multi_str(element).iter().map(|v| self.scrub(v)).collect();
+                Some(DataElement::new(tag, element.vr(), PrimitiveValue::Strs(values.into())))
+            }
+            // Times, numbers and binary data (curves, ROI overlays) carry no identity
+            // once dates are handled; they are kept.
+            _ => Some(element.clone()),
+        }
+    }
+
+    /// Replaces every identifying term of this instance inside free text with
+    /// X's of the same length (keeps VR lengths and character repertoires).
+    fn scrub(&self, text: &str) -> String {
+        let mut result = text.to_string();
+        for term in &self.terms {
+            let upper = result.to_uppercase();
+            let needle = term.to_uppercase();
+            let mut search_from = 0;
+            while let Some(found) = upper[search_from..].find(&needle) {
+                let start = search_from + found;
+                let end = start + needle.len();
+                if result.is_char_boundary(start) && result.is_char_boundary(end) {
+                    result.replace_range(start..end, &"X".repeat(end - start));
+                }
+                search_from = end;
+            }
+        }
+        result
+    }
+
+    fn uid(&mut self, element: &InMemElement) -> InMemElement {
+        if element.vr() == VR::SQ {
+            return self.keep(element);
+        }
+        // Reached only when the effective action is U: rows that Retain UIDs
+        // does not mark K (e.g. Digital Signature UID) are remapped even then.
+        let keyword = keyword_of(element.tag());
+        let mapped: Vec<String> = multi_str(element)
+            .iter()
+            .map(|original| {
+                let original = original.trim_end_matches('\0').trim();
+                if original.is_empty() || uid::is_registered(original) {
+                    return original.to_string();
+                }
+                let replacement = uid::map_uid(&self.d.key, original);
+                self.crosswalk
+                    .insert((keyword.clone(), original.to_string()), replacement.clone());
+                replacement
+            })
+            .collect();
+        DataElement::new(element.tag(), VR::UI, PrimitiveValue::Strs(mapped.into()))
+    }
+
+    fn record(&mut self, attribute: &str, element: &InMemElement, replacement: &str) {
+        let original = element.to_str().map(|s| s.trim().to_string()).unwrap_or_default();
+        if !original.is_empty() {
+            self.crosswalk
+                .insert((attribute.to_string(), original), replacement.to_string());
+        }
+    }
+}
+
+fn keyword_of(tag: Tag) -> String {
+    StandardDataDictionary
+        .by_tag(tag)
+        .map(|entry| entry.alias.to_string())
+        .unwrap_or_else(|| format!("({:04X},{:04X})", tag.group(), tag.element()))
+}
+
+fn multi_str(element: &InMemElement) -> Vec<String> {
+    element
+        .to_multi_str()
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn string_of(object: &InMemDicomObject, tag: Tag) -> Option<String> {
+    object
+        .get(tag)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The identifying strings of an instance: whole values and their name or
+/// word components, at least `min_len` characters long.
+fn identifying_terms(object: &InMemDicomObject, min_len: usize) -> Vec<String> {
+    let mut terms: Vec<String> = IDENTIFYING
+        .iter()
+        .filter_map(|&(tag, _)| string_of(object, tag))
+        .flat_map(|value| terms_of(&value, min_len))
+        .collect();
+    // Longest first, so that a whole name is replaced before its parts.
+    terms.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    terms.dedup();
+    terms
+}
+
+fn terms_of(value: &str, min_len: usize) -> Vec<String> {
+    let mut terms = vec![value.trim().to_string()];
+    terms.extend(parts_of(value));
+    terms.retain(|t| t.chars().count() >= min_len);
+    terms
+}
+
+/// Name components and words of a value.
+fn parts_of(value: &str) -> Vec<String> {
+    value
+        .split(['^', '=', '\\', ' ', ','])
+        .map(|part| part.trim().to_string())
+        .filter(|part| !part.is_empty())
+        .collect()
+}
+
+/// The instance's UID as one valid UID (digits and dots, at most 64 characters).
+fn valid_uid(object: &InMemDicomObject, tag: Tag, name: &str) -> Result<String, Rejection> {
+    let value = string_of(object, tag).unwrap_or_default();
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && !value.starts_with('.')
+        && !value.ends_with('.');
+    if valid {
+        Ok(value)
+    } else {
+        Err(Rejection::new(
+            ReasonCode::InvalidUid,
+            format!("the {name} is missing, multi-valued or not a valid UID"),
+        ))
+    }
+}
+
+fn blank_product_names(object: &mut InMemDicomObject) {
+    for tag in [
+        tags::MANUFACTURER,
+        tags::MANUFACTURER_MODEL_NAME,
+        tags::SOFTWARE_VERSIONS,
+    ] {
+        object.remove_element(tag);
+    }
+    let sequences: Vec<Tag> = object.iter().filter(|e| e.vr() == VR::SQ).map(|e| e.tag()).collect();
+    for tag in sequences {
+        if let Some(element) = object.get(tag) {
+            let mut items: Vec<InMemDicomObject> = element.items().map(|i| i.to_vec()).unwrap_or_default();
+            for item in &mut items {
+                blank_product_names(item);
+            }
+            object.put(DataElement::new(tag, VR::SQ, DataSetSequence::from(items)));
+        }
+    }
+}
+
+/// Whether `uid` occurs as a whole UID (not as the prefix of a longer one).
+fn contains_uid(haystack: &[u8], uid: &str) -> bool {
+    let needle = uid.as_bytes();
+    let is_uid_byte = |b: u8| b.is_ascii_digit() || b == b'.';
+    haystack.windows(needle.len()).enumerate().any(|(at, window)| {
+        window == needle
+            && (at == 0 || !is_uid_byte(haystack[at - 1]))
+            && haystack.get(at + needle.len()).is_none_or(|&b| !is_uid_byte(b))
+    })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+fn put_str(object: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
+    object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+}
+
+fn code_item(value: &str, meaning: &str) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    put_str(&mut item, tags::CODE_VALUE, VR::SH, value);
+    put_str(&mut item, tags::CODING_SCHEME_DESIGNATOR, VR::SH, "DCM");
+    put_str(&mut item, tags::CODE_MEANING, VR::LO, meaning);
+    item
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}

@@ -1,0 +1,137 @@
+//! `synthd deid` over pydicom's bundled test files (written by many other
+//! tools): every file is de-identified or quarantined with a reason, every
+//! output reads in dcmtk and pydicom, and the mapping is keyed and stable.
+
+mod common;
+
+use common::{files_under, key, pydicom_test_files, python, synthd};
+use std::path::Path;
+use std::process::Command;
+
+fn run(input: &Path, output: &Path, key: &Path) -> std::process::Output {
+    synthd(&[
+        "deid",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "--option",
+        "retain-longitudinal-modified-dates",
+        "--jobs",
+        "2",
+        "--crosswalk",
+        output.with_extension("csv").to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn every_pydicom_file_is_deidentified_or_quarantined_and_readable() {
+    let inputs = pydicom_test_files();
+    let dir = tempfile::tempdir().unwrap();
+    let key_a = key(dir.path(), "a.key");
+    let out_a = dir.path().join("a");
+    let result = run(&inputs, &out_a, &key_a);
+    // Some test files are deliberately broken: exit 1 says files were quarantined.
+    assert_eq!(result.status.code(), Some(1), "{}", common::stderr(&result));
+    let input_count = files_under(&inputs).len();
+    let outputs = files_under(&out_a);
+    let quarantine = dir.path().join("a-quarantine");
+    let reasons: Vec<_> = files_under(&quarantine)
+        .into_iter()
+        .filter(|p| p.ends_with("reason.json"))
+        .collect();
+    assert_eq!(
+        outputs.len() + reasons.len(),
+        input_count,
+        "every input has exactly one outcome"
+    );
+    assert!(outputs.len() >= 40, "only {} outputs", outputs.len());
+    for reason in &reasons {
+        let text = std::fs::read_to_string(reason).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(json["code"].as_str().is_some_and(|c| !c.is_empty()), "{text}");
+        assert_eq!(json["stage"], "deid");
+    }
+    for path in &outputs {
+        let dump = Command::new("dcmdump").arg("-q").arg(path).output().unwrap();
+        assert!(dump.status.success(), "dcmdump cannot read {}", path.display());
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("2.25.") && name.ends_with(".dcm"),
+            "output named by new UIDs only: {name}"
+        );
+    }
+    let script = "import sys, pydicom\nfor p in sys.argv[1:]:\n    d = pydicom.dcmread(p)\n    assert d.PatientIdentityRemoved == 'YES', p\n    assert d.file_meta.MediaStorageSOPInstanceUID == d.SOPInstanceUID, p\nprint(len(sys.argv) - 1)";
+    let read = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(&outputs)
+        .output()
+        .unwrap();
+    assert!(read.status.success(), "pydicom: {}", common::stderr(&read));
+
+    let crosswalk = std::fs::read_to_string(out_a.with_extension("csv")).unwrap();
+    assert!(crosswalk.starts_with("attribute,original,replacement\n"));
+    assert!(crosswalk.lines().any(|l| l.starts_with("StudyInstanceUID,")));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out_a.with_extension("csv"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the crosswalk re-identifies: owner only");
+
+    // Same key: byte-identical files at identical paths.
+    let out_b = dir.path().join("b");
+    run(&inputs, &out_b, &key_a);
+    let relative = |root: &Path| -> Vec<_> {
+        files_under(root)
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+            .collect()
+    };
+    assert_eq!(relative(&out_a), relative(&out_b));
+    for path in relative(&out_a) {
+        assert_eq!(
+            std::fs::read(out_a.join(&path)).unwrap(),
+            std::fs::read(out_b.join(&path)).unwrap()
+        );
+    }
+    // Another key: other UIDs everywhere.
+    let key_c = key(dir.path(), "c.key");
+    let out_c = dir.path().join("c");
+    run(&inputs, &out_c, &key_c);
+    let names_a: std::collections::BTreeSet<_> = relative(&out_a).into_iter().collect();
+    let names_c: std::collections::BTreeSet<_> = relative(&out_c).into_iter().collect();
+    assert_eq!(names_a.len(), names_c.len());
+    assert!(
+        names_a.is_disjoint(&names_c),
+        "a different key must give different UIDs"
+    );
+}
+
+#[test]
+fn refuses_a_group_readable_key_and_bad_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key(dir.path(), "k");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = dir.path().join("o");
+    let result = synthd(&[
+        "deid",
+        dir.path().to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(result.status.code(), Some(1));
+    assert!(
+        common::stderr(&result).contains("expected 0600"),
+        "{}",
+        common::stderr(&result)
+    );
+    let result = synthd(&["deid", "x", "--output", "y", "--option", "keep-everything"]);
+    assert_eq!(result.status.code(), Some(2), "usage errors exit 2");
+}
