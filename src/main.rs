@@ -77,6 +77,35 @@ enum Command {
     },
     /// Write a fresh site key (32 random bytes, mode 0600) to FILE; never overwrites.
     Keygen { file: PathBuf },
+    /// Run the daemon: watch the inbox, de-identify complete studies, write the outbox (what systemd starts).
+    Run {
+        /// The daemon config [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run even as root (not recommended: run as the synthd user).
+        #[arg(long)]
+        allow_root: bool,
+    },
+    /// Show the job ledger: counts by state, the oldest waiting study, recent quarantines.
+    Status {
+        /// The daemon config [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a quarantined job's input back to the inbox (after fixing its cause).
+    Requeue {
+        /// The job, as listed by `synthd status` (e.g. job-000042).
+        job: Option<String>,
+        /// Requeue every quarantined job.
+        #[arg(long)]
+        all: bool,
+        /// The daemon config [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn parse_log_format(text: &str) -> Result<LogFormat, String> {
@@ -115,6 +144,11 @@ fn main() -> ExitCode {
             quarantine,
             jobs,
         }),
+        Command::Run { config, allow_root } => commands::run::run(&config::config_path(config.as_deref()), allow_root),
+        Command::Status { config, json } => commands::status::run(&config::config_path(config.as_deref()), json),
+        Command::Requeue { job, all, config } => {
+            commands::requeue::run(&config::config_path(config.as_deref()), job.as_deref(), all)
+        }
         Command::Keygen { file } => synthd::keyfile::generate(&file)
             .map(|()| {
                 println!("wrote {} (mode 0600)", file.display());

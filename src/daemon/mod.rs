@@ -6,12 +6,14 @@
 //! transition is committed before the side effect that follows it, and a
 //! restart resumes every job from its last durable state.
 
+pub mod deid_stage;
 pub mod engine;
 mod intake;
 mod jobs;
 pub mod system;
 pub mod workers;
 
+pub use deid_stage::DeidEngine;
 pub use engine::Engine;
 
 use crate::config::Config;
