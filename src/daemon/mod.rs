@@ -188,6 +188,7 @@ impl<E: Engine> Daemon<E> {
         for instance in daemon.ledger.received()? {
             daemon.recorded.insert(instance.inbox_path);
         }
+        sweep_stale_temporaries(&daemon.config.paths.outbox);
         daemon.resume()?;
         Ok(daemon)
     }
@@ -477,6 +478,26 @@ impl<E: Engine> Daemon<E> {
                 .is_some_and(|age| age >= cutoff);
             if old && std::fs::remove_dir_all(entry.path()).is_ok() {
                 tracing::info!(target: "daemon", job = %entry.file_name().to_string_lossy(), "purged archived originals past retention");
+            }
+        }
+    }
+}
+
+/// Removes temp files a killed writer left (`.NAME.tmp-PID`, see
+/// `fsutil::write_atomic`); the outputs they were for are rewritten on resume.
+fn sweep_stale_temporaries(outbox: &std::path::Path) {
+    let mut folders = vec![outbox.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(listing) = std::fs::read_dir(&folder) else { continue };
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => folders.push(entry.path()),
+                Ok(kind) if kind.is_file() && name.starts_with('.') && name.contains(".tmp-") => {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                _ => {}
             }
         }
     }
