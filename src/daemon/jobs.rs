@@ -395,6 +395,7 @@ impl<E: Engine> Daemon<E> {
                 if self.move_originals(job.id)? {
                     self.ledger.set_job_state(job.id, JobState::Done)?;
                     self.counters.studies_done += 1;
+                    tracing::info!(target: "daemon", study = %job.study_key, job = %job.name(), outcome = "done", "study finished (originals moved after a restart)");
                 }
             }
             JobState::Quarantining => {
