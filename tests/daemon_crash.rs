@@ -45,7 +45,8 @@ fn twenty_kill_9_rounds_lose_and_duplicate_nothing() {
         } else {
             // Odd rounds aim inside a job: a few ms after a claim, while files move and outputs are written.
             let deadline = std::time::Instant::now() + Duration::from_millis(1500);
-            while layout.log().matches("study claimed").count() == claims_before && std::time::Instant::now() < deadline {
+            while layout.log().matches("study claimed").count() == claims_before && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(2));
             }
             std::thread::sleep(Duration::from_millis(rng.random_range(0..25)));
@@ -55,15 +56,28 @@ fn twenty_kill_9_rounds_lose_and_duplicate_nothing() {
     feeder.join().unwrap();
     let total = (STUDIES * PER_STUDY) as usize;
     let daemon = layout.start(&[]);
-    wait_until(Duration::from_secs(40), "every instance through after the crashes", || {
-        let status = layout.status();
-        count(&status, "instances", "written") as usize == total
-            && count(&status, "jobs", "done") + count(&status, "jobs", "quarantined")
-                == ["claiming", "claimed", "deidentified", "synthesized", "written", "done", "quarantining", "quarantined"]
+    wait_until(
+        Duration::from_secs(40),
+        "every instance through after the crashes",
+        || {
+            let status = layout.status();
+            count(&status, "instances", "written") as usize == total
+                && count(&status, "jobs", "done") + count(&status, "jobs", "quarantined")
+                    == [
+                        "claiming",
+                        "claimed",
+                        "deidentified",
+                        "synthesized",
+                        "written",
+                        "done",
+                        "quarantining",
+                        "quarantined",
+                    ]
                     .iter()
                     .map(|s| count(&status, "jobs", s))
                     .sum::<u64>()
-    });
+        },
+    );
     assert!(daemon.stop().success());
 
     let outputs = files_under(&layout.path("outbox"));
@@ -71,13 +85,26 @@ fn twenty_kill_9_rounds_lose_and_duplicate_nothing() {
     let mut sops = HashSet::new();
     for output in &outputs {
         let object = dicom_object::open_file(output).unwrap();
-        let sop = object.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
+        let sop = object
+            .element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(sops.insert(sop), "two outputs for one instance");
     }
-    assert!(files_under(&inbox).is_empty(), "inbox not empty: {:?}", files_under(&inbox));
+    assert!(
+        files_under(&inbox).is_empty(),
+        "inbox not empty: {:?}",
+        files_under(&inbox)
+    );
     assert!(files_under(&layout.path("work")).is_empty(), "work not empty");
     assert!(quarantine_codes(&layout).is_empty(), "nothing here is bad input");
-    assert_eq!(files_under(&layout.path("archive")).len(), total, "every original archived once");
+    assert_eq!(
+        files_under(&layout.path("archive")).len(),
+        total,
+        "every original archived once"
+    );
     let status = layout.status();
     assert_eq!(count(&status, "instances", "written"), total as u64, "{status}");
     assert_eq!(count(&status, "instances", "received"), 0, "{status}");
@@ -85,6 +112,9 @@ fn twenty_kill_9_rounds_lose_and_duplicate_nothing() {
     assert_eq!(count(&status, "instances", "duplicate"), 0, "{status}");
     let log = layout.log();
     let resumes = log.matches("resuming unfinished jobs").count();
-    assert!(resumes >= 1, "no kill landed inside a job; the test proved nothing:\n{log}");
+    assert!(
+        resumes >= 1,
+        "no kill landed inside a job; the test proved nothing:\n{log}"
+    );
     assert_no_phi(&log);
 }

@@ -13,7 +13,11 @@ fn bad_inputs_are_quarantined_with_reason_codes_and_the_daemon_keeps_running() {
     let layout = Layout::new();
     let mut daemon = layout.start(&[]);
     let inbox = layout.path("inbox");
-    fs::write(inbox.join("notes.dcm"), b"this is a text file, not DICOM; FAKE data only").unwrap();
+    fs::write(
+        inbox.join("notes.dcm"),
+        b"this is a text file, not DICOM; FAKE data only",
+    )
+    .unwrap();
     fs::write(inbox.join("empty.dcm"), b"").unwrap();
     let whole = mr_bytes(20, 1, 1);
     fs::write(inbox.join("cut.dcm"), &whole[..whole.len() * 2 / 3]).unwrap();
@@ -34,7 +38,9 @@ fn bad_inputs_are_quarantined_with_reason_codes_and_the_daemon_keeps_running() {
     wait_until(Duration::from_secs(15), "six quarantine entries", || {
         quarantine_codes(&layout).len() == 6
     });
-    wait_until(Duration::from_secs(5), "the inbox emptied", || files_under(&inbox).is_empty());
+    wait_until(Duration::from_secs(5), "the inbox emptied", || {
+        files_under(&inbox).is_empty()
+    });
     assert_eq!(
         quarantine_codes(&layout),
         [
@@ -89,12 +95,21 @@ fn a_full_disk_pauses_intake_and_loses_nothing() {
     fs::write(&flag, b"").unwrap();
     let daemon = layout.start(&[("SYNTHD_FAULT_ENOSPC_FILE", flag.to_str().unwrap())]);
     for instance in 1..=5 {
-        fs::write(layout.path("inbox").join(format!("{instance}.dcm")), mr_bytes(30, 1, instance)).unwrap();
+        fs::write(
+            layout.path("inbox").join(format!("{instance}.dcm")),
+            mr_bytes(30, 1, instance),
+        )
+        .unwrap();
     }
-    wait_until(Duration::from_secs(15), "intake paused", || layout.log().contains("intake paused"));
+    wait_until(Duration::from_secs(15), "intake paused", || {
+        layout.log().contains("intake paused")
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert!(files_under(&layout.path("outbox")).is_empty());
-    assert!(quarantine_codes(&layout).is_empty(), "a full disk must never quarantine data");
+    assert!(
+        quarantine_codes(&layout).is_empty(),
+        "a full disk must never quarantine data"
+    );
     let status = layout.status();
     assert_eq!(count(&status, "instances", "claimed"), 5, "{status}");
     // Space returns.
@@ -102,7 +117,9 @@ fn a_full_disk_pauses_intake_and_loses_nothing() {
     wait_until(Duration::from_secs(20), "all five written after space returned", || {
         files_under(&layout.path("outbox")).len() == 5
     });
-    wait_until(Duration::from_secs(5), "the job done", || layout.status()["jobs"]["done"] == 1);
+    wait_until(Duration::from_secs(5), "the job done", || {
+        layout.status()["jobs"]["done"] == 1
+    });
     assert!(files_under(&layout.path("work")).is_empty());
     assert!(daemon.stop().success());
     let log = layout.log();

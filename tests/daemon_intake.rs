@@ -39,7 +39,11 @@ fn three_slowly_copied_studies_are_each_processed_once_after_stable_age() {
     assert_eq!(outputs.len(), 12, "{outputs:?}");
     for output in &outputs {
         let object = dicom_object::open_file(output).unwrap();
-        let name = object.element(dicom_dictionary_std::tags::PATIENT_NAME).unwrap().to_str().unwrap();
+        let name = object
+            .element(dicom_dictionary_std::tags::PATIENT_NAME)
+            .unwrap()
+            .to_str()
+            .unwrap();
         assert!(!name.contains("FAKEPATIENT"), "output keeps the patient name");
     }
     assert!(files_under(&inbox).is_empty(), "{:?}", files_under(&inbox));
@@ -66,12 +70,17 @@ fn rescans_find_files_without_inotify_and_a_ready_marker_completes_a_study_at_on
         fs::write(folder.join(format!("{instance}.dcm")), mr_bytes(7, 1, instance)).unwrap();
     }
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(files_under(&layout.path("outbox")).is_empty(), "stable_age is 1 h: nothing may be claimed yet");
+    assert!(
+        files_under(&layout.path("outbox")).is_empty(),
+        "stable_age is 1 h: nothing may be claimed yet"
+    );
     fs::write(folder.join("study.ready"), b"").unwrap();
     wait_until(Duration::from_secs(10), "3 outputs after the .ready marker", || {
         files_under(&layout.path("outbox")).len() == 3
     });
-    wait_until(Duration::from_secs(5), "the marker consumed", || files_under(&folder).is_empty());
+    wait_until(Duration::from_secs(5), "the marker consumed", || {
+        files_under(&folder).is_empty()
+    });
     assert!(daemon.stop().success());
     let log = layout.log();
     assert!(log.contains("inotify off"), "{log}");
@@ -86,7 +95,9 @@ fn sighup_with_a_broken_config_keeps_the_running_one() {
     let good = fs::read_to_string(&layout.config).unwrap();
     fs::write(&layout.config, good.replace("[daemon]", "[daemon]\nno_such_key = 1")).unwrap();
     daemon.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(10), "reload refused", || layout.log().contains("reload refused"));
+    wait_until(Duration::from_secs(10), "reload refused", || {
+        layout.log().contains("reload refused")
+    });
     assert!(daemon.alive(), "a broken config must not stop the daemon");
     // Still serving with the old config.
     fs::write(layout.path("inbox").join("a.dcm"), mr_bytes(8, 1, 1)).unwrap();

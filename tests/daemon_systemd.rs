@@ -22,7 +22,11 @@ fn units_pass_systemd_analyze_verify() {
             unit.ends_with(".timer") || text.contains("ExecStart=/usr/bin/synthd "),
             "{unit} must start /usr/bin/synthd"
         );
-        fs::write(dir.path().join(unit), text.replace("/usr/bin/synthd", env!("CARGO_BIN_EXE_synthd"))).unwrap();
+        fs::write(
+            dir.path().join(unit),
+            text.replace("/usr/bin/synthd", env!("CARGO_BIN_EXE_synthd")),
+        )
+        .unwrap();
     }
     let output = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])

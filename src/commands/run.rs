@@ -1,7 +1,7 @@
 //! `synthd run`: the daemon systemd starts next to a PACS.
 
 use crate::config::Config;
-use crate::daemon::{system, DeidEngine, Daemon, Options};
+use crate::daemon::{system, Daemon, DeidEngine, Options};
 use crate::keyfile::SiteKey;
 use anyhow::{Context, Result};
 use std::path::Path;

@@ -144,7 +144,12 @@ impl<E: Engine> Daemon<E> {
         Ok(())
     }
 
-    fn quarantine_at_intake(&mut self, path: &Path, digest: Option<&str>, rejection: &Rejection) -> Result<(), DaemonError> {
+    fn quarantine_at_intake(
+        &mut self,
+        path: &Path,
+        digest: Option<&str>,
+        rejection: &Rejection,
+    ) -> Result<(), DaemonError> {
         let new = NewInstance {
             study_key: UNKNOWN_STUDY,
             sop_digest: "",

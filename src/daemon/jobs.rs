@@ -18,7 +18,8 @@ impl<E: Engine> Daemon<E> {
     }
 
     fn work_path(&self, instance: &Instance) -> PathBuf {
-        self.work_dir(instance.job_id.unwrap_or_default()).join(instance.work_name())
+        self.work_dir(instance.job_id.unwrap_or_default())
+            .join(instance.work_name())
     }
 
     fn io_fault(&mut self, stage: &str, error: &std::io::Error) {
@@ -120,11 +121,8 @@ impl<E: Engine> Daemon<E> {
                 }
             }
         }
-        let synced = fsutil::fsync_dir(&dir).and_then(|()| {
-            source_dirs
-                .iter()
-                .try_for_each(|folder| fsutil::fsync_dir(folder))
-        });
+        let synced =
+            fsutil::fsync_dir(&dir).and_then(|()| source_dirs.iter().try_for_each(|folder| fsutil::fsync_dir(folder)));
         if let Err(error) = synced {
             self.io_fault("claim", &error);
             return Ok(false);
@@ -329,7 +327,12 @@ impl<E: Engine> Daemon<E> {
                 quarantine::write_reason(&dir, rejection, stage, Some(name))?;
             }
             if kind.is_some() {
-                let target = dir.join(existing_reason.as_ref().and_then(|r| r.file.clone()).unwrap_or(name.into()));
+                let target = dir.join(
+                    existing_reason
+                        .as_ref()
+                        .and_then(|r| r.file.clone())
+                        .unwrap_or(name.into()),
+                );
                 fsutil::rename_durable(source, &target)?;
                 if kind.as_ref().is_some_and(|k| k.is_file()) {
                     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640))?;
@@ -383,21 +386,27 @@ impl<E: Engine> Daemon<E> {
         Ok(())
     }
 
+    fn finish_claim(&mut self, job: i64) -> Result<(), DaemonError> {
+        if self.move_into_work(job)? {
+            self.ledger.set_job_state(job, JobState::Claimed)?;
+            self.start_job(job)?;
+        }
+        Ok(())
+    }
+
+    fn finish_written(&mut self, job: &Job) -> Result<(), DaemonError> {
+        if self.move_originals(job.id)? {
+            self.ledger.set_job_state(job.id, JobState::Done)?;
+            self.counters.studies_done += 1;
+            tracing::info!(target: "daemon", study = %job.study_key, job = %job.name(), outcome = "done", "study finished (originals moved after a restart)");
+        }
+        Ok(())
+    }
+
     fn resume_move(&mut self, job: &Job) -> Result<(), DaemonError> {
         match job.state {
-            JobState::Claiming => {
-                if self.move_into_work(job.id)? {
-                    self.ledger.set_job_state(job.id, JobState::Claimed)?;
-                    self.start_job(job.id)?;
-                }
-            }
-            JobState::Written => {
-                if self.move_originals(job.id)? {
-                    self.ledger.set_job_state(job.id, JobState::Done)?;
-                    self.counters.studies_done += 1;
-                    tracing::info!(target: "daemon", study = %job.study_key, job = %job.name(), outcome = "done", "study finished (originals moved after a restart)");
-                }
-            }
+            JobState::Claiming => self.finish_claim(job.id)?,
+            JobState::Written => self.finish_written(job)?,
             JobState::Quarantining => {
                 let code = job
                     .reason_code

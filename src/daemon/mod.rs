@@ -152,7 +152,9 @@ impl<E: Engine> Daemon<E> {
         }
         for n in 0..settings.output_workers {
             let (rx, out, outbox) = (output_rx.clone(), outcome_tx.clone(), config.paths.outbox.clone());
-            threads.push(spawn(format!("output-{n}"), move || workers::output_worker(rx, outbox, out)));
+            threads.push(spawn(format!("output-{n}"), move || {
+                workers::output_worker(rx, outbox, out)
+            }));
         }
         let mut daemon = Daemon {
             config,
@@ -235,7 +237,11 @@ impl<E: Engine> Daemon<E> {
             self.timers.resume = Instant::now();
         }
         self.drain_outcomes(Duration::from_millis(50))?;
-        if self.timers.watchdog_every.is_some_and(|every| self.timers.watchdog.elapsed() >= every) {
+        if self
+            .timers
+            .watchdog_every
+            .is_some_and(|every| self.timers.watchdog.elapsed() >= every)
+        {
             system::sd_notify("WATCHDOG=1");
             self.timers.watchdog = Instant::now();
         }
@@ -282,7 +288,12 @@ impl<E: Engine> Daemon<E> {
         self.jobs.values().map(|p| p.remaining.len()).sum::<usize>()
     }
 
-    fn watch(&mut self) -> (Option<notify::RecommendedWatcher>, Option<std::sync::mpsc::Receiver<notify::Result<notify::Event>>>) {
+    fn watch(
+        &mut self,
+    ) -> (
+        Option<notify::RecommendedWatcher>,
+        Option<std::sync::mpsc::Receiver<notify::Result<notify::Event>>>,
+    ) {
         use notify::Watcher;
         if self.options.no_inotify {
             tracing::info!(target: "ingest", "inotify off; relying on rescans every {}", self.config.raw.ingest.rescan_interval);
@@ -488,7 +499,9 @@ impl<E: Engine> Daemon<E> {
 fn sweep_stale_temporaries(outbox: &std::path::Path) {
     let mut folders = vec![outbox.to_path_buf()];
     while let Some(folder) = folders.pop() {
-        let Ok(listing) = std::fs::read_dir(&folder) else { continue };
+        let Ok(listing) = std::fs::read_dir(&folder) else {
+            continue;
+        };
         for entry in listing.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();

@@ -86,7 +86,17 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
 pub fn is_environment_fault(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
-        Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EACCES | libc::EPERM | libc::ENOENT | libc::EIO | libc::ENOTCONN | libc::ESTALE)
+        Some(
+            libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EROFS
+                | libc::EACCES
+                | libc::EPERM
+                | libc::ENOENT
+                | libc::EIO
+                | libc::ENOTCONN
+                | libc::ESTALE
+        )
     ) || matches!(error.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied)
 }
 
@@ -119,7 +129,10 @@ mod tests {
     fn full_disk_is_an_environment_fault_and_bad_data_is_not() {
         assert!(is_environment_fault(&io::Error::from_raw_os_error(libc::ENOSPC)));
         assert!(is_environment_fault(&io::Error::from_raw_os_error(libc::EROFS)));
-        assert!(!is_environment_fault(&io::Error::new(io::ErrorKind::InvalidData, "bad")));
+        assert!(!is_environment_fault(&io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad"
+        )));
         assert!(free_space(Path::new("/")).unwrap() > 0);
     }
 

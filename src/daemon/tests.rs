@@ -31,12 +31,20 @@ impl Engine for CopyEngine {
 
 pub(crate) fn write_mr(path: &Path, study: &str, sop: &str, patient: &str) {
     let object = InMemDicomObject::from_element_iter([
-        DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4")),
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
+        ),
         DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop)),
         DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("MR")),
         DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from(patient)),
         DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from(study)),
-        DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(format!("{study}.1"))),
+        DataElement::new(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(format!("{study}.1")),
+        ),
         DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(vec![7u8; 32])),
     ]);
     let file = object
@@ -55,19 +63,23 @@ fn layout(dir: &Path) -> Config {
         "name = \"mr\"\n[match]\nmodality = [\"MR\"]\n",
     )
     .unwrap();
-    let text = format!(
-        "pipelines = [\"pipelines\"]\n[paths]\ninbox = \"inbox\"\nwork = \"work\"\noutbox = \"outbox\"\n\
+    let text = "pipelines = [\"pipelines\"]\n[paths]\ninbox = \"inbox\"\nwork = \"work\"\noutbox = \"outbox\"\n\
          quarantine = \"quarantine\"\narchive = \"archive\"\nstate = \"state\"\n\
          [ingest]\nstable_age = \"300ms\"\nrescan_interval = \"100ms\"\nsettle = \"0s\"\n\
-         [deid]\nkey_file = \"synthd.key\"\n[daemon]\nmin_free_space = \"1MiB\"\n"
-    );
-    std::fs::write(dir.join("synthd.toml"), &text).unwrap();
+         [deid]\nkey_file = \"synthd.key\"\n[daemon]\nmin_free_space = \"1MiB\"\n";
+    std::fs::write(dir.join("synthd.toml"), text).unwrap();
     Config::load(&dir.join("synthd.toml")).unwrap()
 }
 
 fn start(config: &Config) -> Daemon<CopyEngine> {
     let key = SiteKey::read(&config.key_file).unwrap();
-    Daemon::start(config.clone(), key, Box::new(|_, _| Ok(CopyEngine)), Options { no_inotify: true }).unwrap()
+    Daemon::start(
+        config.clone(),
+        key,
+        Box::new(|_, _| Ok(CopyEngine)),
+        Options { no_inotify: true },
+    )
+    .unwrap()
 }
 
 fn run_until_idle(daemon: &mut Daemon<CopyEngine>, inbox: &Path) {
@@ -133,7 +145,10 @@ fn studies_are_claimed_written_archived_and_duplicates_handled() {
     }
     for job in daemon.ledger.recent_quarantines(10).unwrap() {
         let folder = config.paths.quarantine.join(job.name());
-        assert_eq!(crate::quarantine::read_reason(&folder).unwrap().code.as_str(), job.reason_code.unwrap());
+        assert_eq!(
+            crate::quarantine::read_reason(&folder).unwrap().code.as_str(),
+            job.reason_code.unwrap()
+        );
         assert!(folder.join("input.dcm").is_file());
     }
 }
@@ -144,7 +159,12 @@ fn an_interrupted_claim_resumes_after_restart_without_duplicates() {
     let config = layout(dir.path());
     let inbox = config.paths.inbox.clone();
     for n in 0..3 {
-        write_mr(&inbox.join(format!("{n}.dcm")), "1.2.3.300", &format!("1.2.3.300.{n}"), "FAKE^BETA");
+        write_mr(
+            &inbox.join(format!("{n}.dcm")),
+            "1.2.3.300",
+            &format!("1.2.3.300.{n}"),
+            "FAKE^BETA",
+        );
     }
     {
         let mut daemon = start(&config);

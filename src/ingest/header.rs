@@ -50,19 +50,34 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, Rejection> {
             .and_then(|element| element.to_str().ok())
             .map(|value| value.trim_end_matches(['\0', ' ']).to_string())
     };
-    let study = text(tags::STUDY_INSTANCE_UID).filter(|v| !v.is_empty()).ok_or_else(|| {
-        Rejection::new(
-            ReasonCode::NotDicom,
-            "Study Instance UID (0020,000D) is missing; cannot group the instance into a study",
-        )
-    })?;
+    let study = text(tags::STUDY_INSTANCE_UID)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Rejection::new(
+                ReasonCode::NotDicom,
+                "Study Instance UID (0020,000D) is missing; cannot group the instance into a study",
+            )
+        })?;
     let sop = text(tags::SOP_INSTANCE_UID)
         .filter(|v| !v.is_empty())
-        .or_else(|| Some(object.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string()))
+        .or_else(|| {
+            Some(
+                object
+                    .meta()
+                    .media_storage_sop_instance_uid()
+                    .trim_end_matches('\0')
+                    .to_string(),
+            )
+        })
         .filter(|v| !v.is_empty())
         .ok_or_else(|| Rejection::new(ReasonCode::NotDicom, "SOP Instance UID (0008,0018) is missing"))?;
-    let sop_class = text(tags::SOP_CLASS_UID)
-        .unwrap_or_else(|| object.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string());
+    let sop_class = text(tags::SOP_CLASS_UID).unwrap_or_else(|| {
+        object
+            .meta()
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string()
+    });
     let header = Header {
         study_instance_uid: Phi::new(study),
         sop_instance_uid: Phi::new(sop),

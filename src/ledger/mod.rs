@@ -363,7 +363,9 @@ impl Ledger {
     /// Jobs a restart must resume, oldest first.
     pub fn unfinished_jobs(&self) -> Result<Vec<Job>, LedgerError> {
         let all = self.query_jobs(
-            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state NOT IN ('done', 'quarantined', 'requeued') ORDER BY id"),
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state NOT IN ('done', 'quarantined', 'requeued') ORDER BY id"
+            ),
             [],
         )?;
         Ok(all.into_iter().filter(|job| job.state.is_intermediate()).collect())
@@ -589,8 +591,11 @@ impl Ledger {
             params![now(), job],
         )
         .map_err(wrap)?;
-        tx.execute("UPDATE instances SET state = 'requeued' WHERE job_id = ?1", params![job])
-            .map_err(wrap)?;
+        tx.execute(
+            "UPDATE instances SET state = 'requeued' WHERE job_id = ?1",
+            params![job],
+        )
+        .map_err(wrap)?;
         tx.commit().map_err(wrap)
     }
 

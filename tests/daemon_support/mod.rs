@@ -230,15 +230,28 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// The log holds none of the planted patient values or original UIDs.
 pub fn assert_no_phi(log: &str) {
-    for planted in [FAKE_NAME, "FAKEPATIENT", FAKE_ID, FAKE_ACCESSION, STUDY_ROOT, "FAKE GENERAL HOSPITAL"] {
-        assert!(!log.contains(planted), "a log line holds the planted value {planted:?}:\n{log}");
+    for planted in [
+        FAKE_NAME,
+        "FAKEPATIENT",
+        FAKE_ID,
+        FAKE_ACCESSION,
+        STUDY_ROOT,
+        "FAKE GENERAL HOSPITAL",
+    ] {
+        assert!(
+            !log.contains(planted),
+            "a log line holds the planted value {planted:?}:\n{log}"
+        );
     }
 }
 
