@@ -17,8 +17,11 @@ python=${SYNTHD_PYTHON:-$root/.venv/bin/python}
 workers=${WORKERS:-2}
 stable_age_s=1
 
-cargo build --release --quiet
-bin=$root/target/release/synthd
+# SYNTHD_BIN overrides the binary (e.g. a debug build, to check this script).
+if [ -z "${SYNTHD_BIN:-}" ]; then
+  cargo build --release --quiet
+fi
+bin=${SYNTHD_BIN:-$root/target/release/synthd}
 scratch=$(mktemp -d)
 daemon_pid=
 cleanup() {
@@ -60,7 +63,7 @@ bench_case() {
   cp -r "$dir/src/." "$dir/layout/stage/"
   "$bin" run --allow-root --config "$config" 2>"$dir/daemon.log" &
   daemon_pid=$!
-  until grep -q serving "$dir/daemon.log"; do sleep 0.05; done
+  until grep -qs serving "$dir/daemon.log"; do sleep 0.05; done
   local t_in
   t_in=$(now)
   "$python" - "$dir/layout/stage" "$dir/layout/inbox" <<'PY'
