@@ -5,9 +5,12 @@
 
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod deid;
 pub mod fsutil;
+pub mod ingest;
 pub mod keyfile;
+pub mod ledger;
 pub mod logging;
 pub mod output;
 pub mod phi;

@@ -125,6 +125,35 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         repeat: u32,
     },
+    /// Run the daemon: watch the inbox, de-identify complete studies, write the outbox (what systemd starts).
+    Run {
+        /// The daemon config [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run even as root (not recommended: run as the synthd user).
+        #[arg(long)]
+        allow_root: bool,
+    },
+    /// Show the job ledger: counts by state, the oldest waiting study, recent quarantines.
+    Status {
+        /// The daemon config [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a quarantined job's input back to the inbox (after fixing its cause).
+    Requeue {
+        /// The job, as listed by `synthd status` (e.g. job-000042).
+        job: Option<String>,
+        /// Requeue every quarantined job.
+        #[arg(long)]
+        all: bool,
+        /// The daemon config [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn parse_provider(text: &str) -> Result<synthd::config::pipeline::ProviderKind, String> {
@@ -192,6 +221,11 @@ fn main() -> ExitCode {
             key_file,
             config,
         }),
+        Command::Run { config, allow_root } => commands::run::run(&config::config_path(config.as_deref()), allow_root),
+        Command::Status { config, json } => commands::status::run(&config::config_path(config.as_deref()), json),
+        Command::Requeue { job, all, config } => {
+            commands::requeue::run(&config::config_path(config.as_deref()), job.as_deref(), all)
+        }
         Command::Keygen { file } => synthd::keyfile::generate(&file)
             .map(|()| {
                 println!("wrote {} (mode 0600)", file.display());

@@ -6,6 +6,9 @@ pub mod deid;
 pub mod doctor;
 pub mod init;
 pub mod process;
+pub mod requeue;
+pub mod run;
+pub mod status;
 pub mod validate;
 
 /// The example pipelines shipped in `pipelines/`, written by `synthd init`.

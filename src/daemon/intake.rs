@@ -1,0 +1,198 @@
+//! Taking settled inbox files into the ledger: header read, duplicate
+//! check, pipeline choice, or quarantine with a reason.
+
+use super::{Daemon, DaemonError, Engine};
+use crate::ingest::{self, Entry};
+use crate::ledger::{InstanceState, NewInstance};
+use crate::phi::{keyed_digest, StudyKey};
+use crate::quarantine::{ReasonCode, Rejection, Stage};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The study key of inputs refused before their study was known.
+const UNKNOWN_STUDY: &str = "st-unknown";
+
+impl<E: Engine> Daemon<E> {
+    /// Looks at every pending path once; takes those that have settled.
+    pub(super) fn intake(&mut self) -> Result<(), DaemonError> {
+        let settle = self.config.raw.ingest.settle.as_duration();
+        let mut paths: Vec<PathBuf> = self.pending.drain().collect();
+        paths.sort();
+        let now = Instant::now();
+        for path in paths {
+            if self.recorded.contains(&path) || self.unreadable.contains(&path) || self.held.contains(&path) {
+                continue;
+            }
+            match ingest::classify(&self.config.paths.inbox, &path) {
+                None | Some(Entry::Skipped) => self.settler.forget(&path),
+                Some(Entry::ReadyMarker(marker)) => {
+                    let folder = marker.parent().map(Path::to_path_buf).unwrap_or_default();
+                    let markers = self.ready.entry(folder).or_default();
+                    if !markers.contains(&marker) {
+                        markers.push(marker);
+                    }
+                }
+                Some(Entry::NotRegular(path)) => {
+                    self.settler.forget(&path);
+                    let rejection = Rejection::new(
+                        ReasonCode::NotARegularFile,
+                        "the inbox entry is a symlink, FIFO, socket or device; synthd never follows links. Copy the file itself into the inbox",
+                    );
+                    self.quarantine_at_intake(&path, None, &rejection)?;
+                }
+                Some(Entry::File(candidate)) => {
+                    if self
+                        .settler
+                        .observe(&candidate.path, candidate.size, candidate.mtime, settle, now)
+                    {
+                        self.settler.forget(&candidate.path);
+                        self.take(&candidate.path)?;
+                    } else {
+                        self.pending.insert(candidate.path);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one settled file without following links and records its outcome.
+    fn take(&mut self, path: &Path) -> Result<(), DaemonError> {
+        let bytes = match read_no_follow(path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+                let rejection = Rejection::new(ReasonCode::NotARegularFile, "the inbox entry became a symlink");
+                return self.quarantine_at_intake(path, None, &rejection);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => {
+                // Permissions are the environment's fault, not the data's: the
+                // file stays, and is taken once synthd can read it.
+                tracing::warn!(target: "ingest", %error, "cannot read an inbox file; grant the synthd user read access (it is retried at each rescan)");
+                self.unreadable.insert(path.to_path_buf());
+                return Ok(());
+            }
+        };
+        let header = match ingest::read_header(&bytes) {
+            Ok(header) => header,
+            Err(rejection) => {
+                let digest = ingest::header::hex(&sha_of(&bytes));
+                return self.quarantine_at_intake(path, Some(&digest), &rejection);
+            }
+        };
+        let study_key = StudyKey::new(&self.key, header.study_instance_uid.expose());
+        let sop_digest = ingest::header::hex(&keyed_digest(
+            &self.key,
+            "synthd/sop-instance",
+            &[header.sop_instance_uid.expose().as_bytes()],
+        ));
+        let pipeline = ingest::select::pick_pipeline(&self.config.pipelines, &header).map(|p| p.name().to_string());
+        let new = NewInstance {
+            study_key: study_key.as_str(),
+            sop_digest: &sop_digest,
+            content_digest: &header.content_digest,
+            inbox_path: path,
+            pipeline: pipeline.as_deref(),
+        };
+        if let Some(existing) = self.ledger.live_with_sop(&sop_digest)? {
+            if existing.state == InstanceState::Received && existing.inbox_path == path {
+                // Recorded before a restart; nothing new.
+                self.recorded.insert(path.to_path_buf());
+                return Ok(());
+            }
+            let mid_claim = existing.state == InstanceState::Claimed
+                && existing.inbox_path == path
+                && !self
+                    .config
+                    .paths
+                    .work
+                    .join(crate::ledger::job_name(existing.job_id.unwrap_or_default()))
+                    .join(existing.work_name())
+                    .exists();
+            if mid_claim {
+                // Its claim was interrupted; resuming the claim moves this very file.
+                return Ok(());
+            }
+            if existing.content_digest == header.content_digest {
+                self.ledger.insert_duplicate(&new)?;
+                remove_durably(path).map_err(|source| DaemonError::Io {
+                    stage: "ingest",
+                    path: self.config.paths.inbox.clone(),
+                    source,
+                })?;
+                self.counters.duplicates += 1;
+                tracing::info!(target: "ingest", study = %study_key, "identical duplicate of an instance already taken; recorded and dropped");
+                return Ok(());
+            }
+            let rejection = Rejection::new(
+                ReasonCode::ConflictingDuplicate,
+                "an instance with the same SOP Instance UID but different bytes was already taken; compare the two copies, then `synthd requeue` the right one",
+            );
+            return self.quarantine_new(&new, &rejection);
+        }
+        if pipeline.is_none() {
+            let rejection = Rejection::new(
+                ReasonCode::NoMatchingPipeline,
+                "no pipeline's [match] accepts this series (modality, SOP class, series description); add a pipeline or widen a [match]",
+            );
+            return self.quarantine_new(&new, &rejection);
+        }
+        self.ledger.insert_received(&new)?;
+        self.recorded.insert(path.to_path_buf());
+        Ok(())
+    }
+
+    fn quarantine_at_intake(
+        &mut self,
+        path: &Path,
+        digest: Option<&str>,
+        rejection: &Rejection,
+    ) -> Result<(), DaemonError> {
+        let new = NewInstance {
+            study_key: UNKNOWN_STUDY,
+            sop_digest: "",
+            content_digest: digest.unwrap_or(""),
+            inbox_path: path,
+            pipeline: None,
+        };
+        self.quarantine_new(&new, rejection)
+    }
+
+    /// Records the reason, then moves the input into `paths.quarantine/<job>/`.
+    fn quarantine_new(&mut self, new: &NewInstance<'_>, rejection: &Rejection) -> Result<(), DaemonError> {
+        let (job, _) = self
+            .ledger
+            .begin_intake_quarantine(new, rejection.code.as_str(), &rejection.message)?;
+        self.recorded.remove(new.inbox_path);
+        self.finish_quarantine(job, new.inbox_path, rejection, Stage::Ingest)
+    }
+}
+
+/// Reads a file refusing symlinks (O_NOFOLLOW) and anything not regular.
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn sha_of(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).into()
+}
+
+fn remove_durably(path: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(path)?;
+    match path.parent() {
+        Some(parent) => crate::fsutil::fsync_dir(parent),
+        None => Ok(()),
+    }
+}

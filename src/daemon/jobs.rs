@@ -1,0 +1,429 @@
+//! Jobs: claiming complete studies into `paths.work/<job>/`, handing their
+//! instances to the stages, recording outcomes, moving originals and
+//! quarantined inputs, and resuming all of it after a restart.
+
+use super::workers::{DeidTask, OutcomeKind};
+use super::{Daemon, DaemonError, Engine, Progress};
+use crate::fsutil;
+use crate::ledger::{self, Instance, InstanceState, Job, JobState};
+use crate::quarantine::{self, ReasonCode, Rejection, Stage};
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+impl<E: Engine> Daemon<E> {
+    fn work_dir(&self, job: i64) -> PathBuf {
+        self.config.paths.work.join(ledger::job_name(job))
+    }
+
+    fn work_path(&self, instance: &Instance) -> PathBuf {
+        self.work_dir(instance.job_id.unwrap_or_default())
+            .join(instance.work_name())
+    }
+
+    fn io_fault(&mut self, stage: &str, error: &std::io::Error) {
+        self.pause_for(format!("{stage}: {error}"));
+    }
+
+    /// Claims every study that is complete: quiet for `ingest.stable_age`, or
+    /// marked by a `.ready` file in its folder once that folder has settled.
+    pub(super) fn claim_complete_studies(&mut self) -> Result<(), DaemonError> {
+        // Back-pressure: a full deid queue stops claiming, files stay in the inbox.
+        if !self.dispatch.is_empty() {
+            return Ok(());
+        }
+        let stable = self.config.raw.ingest.stable_age.as_duration().as_secs_f64();
+        let now = ledger::now();
+        let mut studies: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+        for instance in self.ledger.received()? {
+            studies.entry(instance.study_key.clone()).or_default().push(instance);
+        }
+        let mut used_markers: HashSet<PathBuf> = HashSet::new();
+        for (study, instances) in studies {
+            let newest = instances.iter().map(|i| i.arrived).fold(0.0, f64::max);
+            let folders: HashSet<&Path> = instances.iter().filter_map(|i| i.inbox_path.parent()).collect();
+            let marked: Vec<&PathBuf> = folders
+                .iter()
+                .filter(|folder| !self.settler.unsettled_under(folder))
+                .filter_map(|folder| self.ready.get(*folder))
+                .flatten()
+                .collect();
+            if now - newest < stable && marked.is_empty() {
+                continue;
+            }
+            used_markers.extend(marked.into_iter().cloned());
+            let ids: Vec<i64> = instances.iter().map(|i| i.id).collect();
+            self.claim(&study, &ids)?;
+            if self.pause.is_some() {
+                break;
+            }
+        }
+        for marker in used_markers {
+            // The marker has done its job; a crash before this only repeats an empty claim.
+            if std::fs::remove_file(&marker).is_ok() {
+                if let Some(folder) = marker.parent() {
+                    let _ = fsutil::fsync_dir(folder);
+                    self.ready.remove(folder);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn claim(&mut self, study: &str, ids: &[i64]) -> Result<(), DaemonError> {
+        let job = self.ledger.begin_claim(study, ids)?;
+        for id in ids {
+            if let Some(instance) = self.ledger.instance(*id)? {
+                self.recorded.remove(&instance.inbox_path);
+            }
+        }
+        if self.move_into_work(job)? {
+            self.ledger.set_job_state(job, JobState::Claimed)?;
+            tracing::info!(target: "daemon", study = %study, job = %ledger::job_name(job), instances = ids.len(), "study claimed");
+            self.start_job(job)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a claiming job's inputs from the inbox into its work folder
+    /// (0750, files 0640). False when an environment fault stopped it.
+    fn move_into_work(&mut self, job: i64) -> Result<bool, DaemonError> {
+        let dir = self.work_dir(job);
+        if let Err(error) = fsutil::create_private_dir(&dir).and_then(|()| fsutil::fsync_dir(&self.config.paths.work)) {
+            self.io_fault("claim", &error);
+            return Ok(false);
+        }
+        let mut source_dirs: HashSet<PathBuf> = HashSet::new();
+        for instance in self.ledger.instances_of(job)? {
+            if instance.state != InstanceState::Claimed {
+                continue;
+            }
+            let target = dir.join(instance.work_name());
+            if target.exists() {
+                continue;
+            }
+            match std::fs::rename(&instance.inbox_path, &target) {
+                Ok(()) => {
+                    let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640));
+                    if let Some(parent) = instance.inbox_path.parent() {
+                        source_dirs.insert(parent.to_path_buf());
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    // Neither in the inbox nor in work: removed by someone else.
+                    tracing::error!(target: "daemon", job = %ledger::job_name(job), instance = instance.id, "an instance vanished from the inbox before it was claimed; it was not processed");
+                    self.ledger.set_instance_state(instance.id, InstanceState::Requeued)?;
+                }
+                Err(error) => {
+                    self.io_fault("claim", &error);
+                    return Ok(false);
+                }
+            }
+        }
+        let synced =
+            fsutil::fsync_dir(&dir).and_then(|()| source_dirs.iter().try_for_each(|folder| fsutil::fsync_dir(folder)));
+        if let Err(error) = synced {
+            self.io_fault("claim", &error);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Hands a claimed job's unfinished instances to the deid stage.
+    fn start_job(&mut self, job: i64) -> Result<(), DaemonError> {
+        let Some(record) = self.ledger.job(job)? else {
+            return Ok(());
+        };
+        let instances = self.ledger.instances_of(job)?;
+        let remaining: HashSet<i64> = instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Claimed)
+            .map(|i| i.id)
+            .collect();
+        self.jobs.insert(
+            job,
+            Progress {
+                study_key: record.study_key,
+                total: instances.len(),
+                tasks: remaining.len(),
+                remaining: remaining.clone(),
+                deidentified: 0,
+                quarantined: 0,
+                started: Instant::now(),
+            },
+        );
+        for instance in instances.iter().filter(|i| remaining.contains(&i.id)) {
+            self.enqueue(instance);
+        }
+        self.check_finished(job)
+    }
+
+    fn enqueue(&mut self, instance: &Instance) {
+        let path = self.work_path(instance);
+        self.dispatch.push_back(DeidTask {
+            job: instance.job_id.unwrap_or_default(),
+            instance: instance.id,
+            path,
+            pipeline: instance.pipeline.clone().unwrap_or_default(),
+            engine: self.engine.clone(),
+        });
+    }
+
+    pub(super) fn requeue_task(&mut self, _job: i64, instance: i64) -> Result<(), DaemonError> {
+        if let Some(instance) = self.ledger.instance(instance)? {
+            if instance.state == InstanceState::Claimed {
+                self.enqueue(&instance);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands queued tasks to the deid workers without blocking the coordinator.
+    pub(super) fn push_dispatch(&mut self) {
+        let Some(tx) = &self.deid_tx else { return };
+        while let Some(task) = self.dispatch.pop_front() {
+            match tx.try_send(task) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(task)) => {
+                    self.dispatch.push_front(task);
+                    break;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => break,
+            }
+        }
+    }
+
+    /// Records what the stages report, waiting up to `wait` for the first report.
+    pub(super) fn drain_outcomes(&mut self, wait: Duration) -> Result<(), DaemonError> {
+        let first = if wait.is_zero() {
+            self.outcome_rx.try_recv().ok()
+        } else {
+            self.outcome_rx.recv_timeout(wait).ok()
+        };
+        let Some(first) = first else { return Ok(()) };
+        let mut outcome = Some(first);
+        while let Some(current) = outcome {
+            self.record(current.job, current.instance, current.kind)?;
+            outcome = self.outcome_rx.try_recv().ok();
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, job: i64, instance: i64, kind: OutcomeKind) -> Result<(), DaemonError> {
+        match kind {
+            OutcomeKind::Deidentified => {
+                let all = self.jobs.get_mut(&job).is_some_and(|progress| {
+                    progress.deidentified += 1;
+                    progress.deidentified == progress.tasks
+                });
+                if all {
+                    self.ledger.set_job_state(job, JobState::Deidentified)?;
+                }
+            }
+            OutcomeKind::Written(relative) => {
+                self.ledger.set_instance_written(instance, &relative)?;
+                self.counters.instances_written += 1;
+                if let Some(progress) = self.jobs.get_mut(&job) {
+                    progress.remaining.remove(&instance);
+                }
+                self.check_finished(job)?;
+            }
+            OutcomeKind::Rejected(stage, rejection) => {
+                if let Some(record) = self.ledger.instance(instance)? {
+                    let source = self.work_path(&record);
+                    let quarantine_job = self.ledger.begin_instance_quarantine(
+                        &record,
+                        &source,
+                        rejection.code.as_str(),
+                        &rejection.message,
+                    )?;
+                    self.finish_quarantine(quarantine_job, &source, &rejection, stage)?;
+                }
+                if let Some(progress) = self.jobs.get_mut(&job) {
+                    progress.remaining.remove(&instance);
+                    progress.quarantined += 1;
+                }
+                self.check_finished(job)?;
+            }
+            OutcomeKind::EnvironmentFault(reason) => {
+                self.retry.push((job, instance));
+                self.pause_for(reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_finished(&mut self, job: i64) -> Result<(), DaemonError> {
+        if self.jobs.get(&job).is_some_and(|p| p.remaining.is_empty()) {
+            if let Some(progress) = self.jobs.remove(&job) {
+                self.ledger.set_job_state(job, JobState::Written)?;
+                if self.move_originals(job)? {
+                    self.ledger.set_job_state(job, JobState::Done)?;
+                    self.counters.studies_done += 1;
+                    tracing::info!(
+                        target: "daemon",
+                        study = %progress.study_key,
+                        job = %ledger::job_name(job),
+                        instances = progress.total,
+                        quarantined = progress.quarantined,
+                        duration_ms = progress.started.elapsed().as_millis() as u64,
+                        outcome = if progress.quarantined == 0 { "done" } else { "done-with-quarantines" },
+                        "study finished"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Archives or deletes a finished job's originals (the whole work folder,
+    /// one rename). False when an environment fault stopped it.
+    fn move_originals(&mut self, job: i64) -> Result<bool, DaemonError> {
+        let dir = self.work_dir(job);
+        if !dir.exists() {
+            return Ok(true);
+        }
+        let result = match self.config.raw.daemon.originals {
+            crate::config::OriginalsPolicy::Archive => {
+                let target = self.config.paths.archive.join(ledger::job_name(job));
+                fsutil::create_private_dir(&self.config.paths.archive)
+                    .and_then(|()| fsutil::rename_durable(&dir, &target))
+                    .and_then(|()| std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o750)))
+            }
+            crate::config::OriginalsPolicy::Delete => {
+                std::fs::remove_dir_all(&dir).and_then(|()| fsutil::fsync_dir(&self.config.paths.work))
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(error) => {
+                self.io_fault("originals", &error);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Writes `reason.json`, moves the input into `paths.quarantine/<job>/`,
+    /// then records the job as quarantined. An environment fault leaves the
+    /// job quarantining; it is finished later.
+    pub(super) fn finish_quarantine(
+        &mut self,
+        job: i64,
+        source: &Path,
+        rejection: &Rejection,
+        stage: Stage,
+    ) -> Result<(), DaemonError> {
+        let dir = self.config.paths.quarantine.join(ledger::job_name(job));
+        let kind = std::fs::symlink_metadata(source).ok().map(|m| m.file_type());
+        let name = match &kind {
+            Some(kind) if kind.is_symlink() => "input.link",
+            Some(kind) if !kind.is_file() => "input.special",
+            _ => "input.dcm",
+        };
+        let existing_reason = quarantine::read_reason(&dir).ok();
+        let moved = || -> std::io::Result<()> {
+            if existing_reason.is_none() {
+                quarantine::write_reason(&dir, rejection, stage, Some(name))?;
+            }
+            if kind.is_some() {
+                let target = dir.join(
+                    existing_reason
+                        .as_ref()
+                        .and_then(|r| r.file.clone())
+                        .unwrap_or(name.into()),
+                );
+                fsutil::rename_durable(source, &target)?;
+                if kind.as_ref().is_some_and(|k| k.is_file()) {
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640))?;
+                }
+            }
+            Ok(())
+        };
+        match moved() {
+            Ok(()) => {
+                self.held.remove(source);
+                self.ledger.set_job_state(job, JobState::Quarantined)?;
+                self.counters.quarantined += 1;
+                let study = self.ledger.job(job)?.map(|j| j.study_key).unwrap_or_default();
+                tracing::warn!(target: "daemon", job = %ledger::job_name(job), study = %study, reason = %rejection.code, stage = ?stage, "quarantined: {}", rejection.message);
+            }
+            Err(error) => {
+                self.held.insert(source.to_path_buf());
+                self.io_fault("quarantine", &error);
+            }
+        }
+        Ok(())
+    }
+
+    /// At start: every job in an intermediate state resumes from its last durable state.
+    pub(super) fn resume(&mut self) -> Result<(), DaemonError> {
+        let jobs = self.ledger.unfinished_jobs()?;
+        if !jobs.is_empty() {
+            tracing::info!(target: "daemon", jobs = jobs.len(), "resuming unfinished jobs from the ledger");
+        }
+        for job in jobs {
+            match job.state {
+                JobState::Claimed | JobState::Deidentified | JobState::Synthesized => self.start_job(job.id)?,
+                _ => self.resume_move(&job)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Retries the file moves an environment fault interrupted.
+    pub(super) fn resume_moves(&mut self) -> Result<(), DaemonError> {
+        if self.pause.as_ref().is_some_and(|p| Instant::now() < p.until) {
+            return Ok(());
+        }
+        for state in [JobState::Claiming, JobState::Quarantining, JobState::Written] {
+            for job in self.ledger.jobs_in(state)? {
+                if !self.jobs.contains_key(&job.id) {
+                    self.resume_move(&job)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_claim(&mut self, job: i64) -> Result<(), DaemonError> {
+        if self.move_into_work(job)? {
+            self.ledger.set_job_state(job, JobState::Claimed)?;
+            self.start_job(job)?;
+        }
+        Ok(())
+    }
+
+    fn finish_written(&mut self, job: &Job) -> Result<(), DaemonError> {
+        if self.move_originals(job.id)? {
+            self.ledger.set_job_state(job.id, JobState::Done)?;
+            self.counters.studies_done += 1;
+            tracing::info!(target: "daemon", study = %job.study_key, job = %job.name(), outcome = "done", "study finished (originals moved after a restart)");
+        }
+        Ok(())
+    }
+
+    fn resume_move(&mut self, job: &Job) -> Result<(), DaemonError> {
+        match job.state {
+            JobState::Claiming => self.finish_claim(job.id)?,
+            JobState::Written => self.finish_written(job)?,
+            JobState::Quarantining => {
+                let code = job
+                    .reason_code
+                    .as_deref()
+                    .and_then(|code| serde_json::from_value::<ReasonCode>(serde_json::Value::from(code)).ok())
+                    .unwrap_or(ReasonCode::NotDicom);
+                let rejection = Rejection::new(code, job.reason_message.clone().unwrap_or_default());
+                let source = job.source.clone().unwrap_or_default();
+                let stage = if source.starts_with(&self.config.paths.work) {
+                    Stage::Deid
+                } else {
+                    Stage::Ingest
+                };
+                self.finish_quarantine(job.id, &source, &rejection, stage)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

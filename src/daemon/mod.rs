@@ -1,0 +1,527 @@
+//! The daemon: one coordinator thread that watches the inbox, records every
+//! transition in the ledger, claims complete studies and moves files; stage
+//! threads (deid → output) connected by bounded channels do the work.
+//!
+//! The coordinator alone writes the ledger and moves inputs, so each
+//! transition is committed before the side effect that follows it, and a
+//! restart resumes every job from its last durable state.
+
+pub mod deid_stage;
+pub mod engine;
+mod intake;
+mod jobs;
+pub mod system;
+pub mod workers;
+
+pub use deid_stage::DeidEngine;
+pub use engine::Engine;
+
+use crate::config::Config;
+use crate::keyfile::SiteKey;
+use crate::ledger::{Ledger, LedgerError};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use workers::{DeidTask, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("{stage}: {path}: {source}")]
+    Io {
+        stage: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the pipelines' engine: {0}")]
+    Engine(String),
+}
+
+/// Builds the engine for a config; called at start and on every reload.
+pub type EngineBuilder<E> = Box<dyn Fn(&Config, &SiteKey) -> Result<E, String>>;
+
+/// Switches for tests and special deployments, read from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Rely on rescans only (`SYNTHD_INOTIFY=off`), as on NFS or SMB mounts.
+    pub no_inotify: bool,
+}
+
+impl Options {
+    pub fn from_env() -> Options {
+        Options {
+            no_inotify: std::env::var("SYNTHD_INOTIFY").is_ok_and(|v| v == "off" || v == "0"),
+        }
+    }
+}
+
+/// A job whose instances are in the stages.
+struct Progress {
+    study_key: String,
+    total: usize,
+    /// Instances handed to the stages when the job started.
+    tasks: usize,
+    remaining: HashSet<i64>,
+    deidentified: usize,
+    quarantined: usize,
+    started: Instant,
+}
+
+/// Why intake is paused, and when to try again.
+struct Pause {
+    reason: String,
+    until: Instant,
+    backoff: Duration,
+    last_logged: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Counters {
+    studies_done: u64,
+    instances_written: u64,
+    quarantined: u64,
+    duplicates: u64,
+}
+
+pub struct Daemon<E: Engine> {
+    config: Config,
+    key: SiteKey,
+    engine: Arc<E>,
+    build: EngineBuilder<E>,
+    ledger: Ledger,
+    options: Options,
+    settler: crate::ingest::Settler,
+    /// Inbox paths to look at again (new, or not settled yet).
+    pending: HashSet<PathBuf>,
+    /// Inbox paths already recorded as received.
+    recorded: HashSet<PathBuf>,
+    /// Inbox folders holding a `.ready` marker, with the markers.
+    ready: HashMap<PathBuf, Vec<PathBuf>>,
+    /// Inbox files that could not be read, logged once each.
+    unreadable: HashSet<PathBuf>,
+    /// Inputs whose quarantine an environment fault interrupted; intake leaves them alone.
+    held: HashSet<PathBuf>,
+    jobs: HashMap<i64, Progress>,
+    dispatch: VecDeque<DeidTask<E>>,
+    retry: Vec<(i64, i64)>,
+    pause: Option<Pause>,
+    deid_tx: Option<Sender<DeidTask<E>>>,
+    outcome_rx: Receiver<Outcome>,
+    threads: Vec<JoinHandle<()>>,
+    counters: Counters,
+    last_summary: Instant,
+    events: Option<std::sync::mpsc::Receiver<notify::Result<notify::Event>>>,
+    timers: Timers,
+}
+
+struct Timers {
+    rescan: Option<Instant>,
+    resume: Instant,
+    watchdog: Instant,
+    watchdog_every: Option<Duration>,
+    status: Instant,
+}
+
+impl<E: Engine> Daemon<E> {
+    /// Opens the ledger, starts the stage threads and resumes unfinished jobs.
+    pub fn start(config: Config, key: SiteKey, build: EngineBuilder<E>, options: Options) -> Result<Self, DaemonError> {
+        for (_, path) in config.paths.named() {
+            crate::fsutil::create_private_dir(path).map_err(|source| DaemonError::Io {
+                stage: "start",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let engine = Arc::new(build(&config, &key).map_err(DaemonError::Engine)?);
+        let ledger = Ledger::open(&config.paths.state)?;
+        let settings = &config.raw.daemon;
+        let depth = settings.queue_depth as usize;
+        let (deid_tx, deid_rx) = bounded::<DeidTask<E>>(depth);
+        let (output_tx, output_rx) = bounded::<workers::OutputTask<E>>(depth);
+        // Outcomes are bounded by the tasks in flight, so this cannot grow without bound.
+        let (outcome_tx, outcome_rx) = unbounded::<Outcome>();
+        let mut threads = Vec::new();
+        for n in 0..settings.deid_workers {
+            let (rx, tx, out) = (deid_rx.clone(), output_tx.clone(), outcome_tx.clone());
+            threads.push(spawn(format!("deid-{n}"), move || workers::deid_worker(rx, tx, out)));
+        }
+        for n in 0..settings.output_workers {
+            let (rx, out, outbox) = (output_rx.clone(), outcome_tx.clone(), config.paths.outbox.clone());
+            threads.push(spawn(format!("output-{n}"), move || {
+                workers::output_worker(rx, outbox, out)
+            }));
+        }
+        let mut daemon = Daemon {
+            config,
+            key,
+            engine,
+            build,
+            ledger,
+            options,
+            settler: Default::default(),
+            pending: HashSet::new(),
+            recorded: HashSet::new(),
+            ready: HashMap::new(),
+            unreadable: HashSet::new(),
+            held: HashSet::new(),
+            jobs: HashMap::new(),
+            dispatch: VecDeque::new(),
+            retry: Vec::new(),
+            pause: None,
+            deid_tx: Some(deid_tx),
+            outcome_rx,
+            threads,
+            counters: Counters::default(),
+            last_summary: Instant::now(),
+            events: None,
+            timers: Timers {
+                rescan: None,
+                resume: Instant::now(),
+                watchdog: Instant::now(),
+                watchdog_every: system::watchdog_interval(),
+                status: Instant::now(),
+            },
+        };
+        for instance in daemon.ledger.received()? {
+            daemon.recorded.insert(instance.inbox_path);
+        }
+        sweep_stale_temporaries(&daemon.config.paths.outbox);
+        daemon.resume()?;
+        Ok(daemon)
+    }
+
+    /// Runs until SIGTERM or SIGINT, then drains in-flight work within
+    /// `daemon.shutdown_timeout`. Work not finished by then stays in the
+    /// ledger and resumes at the next start.
+    pub fn run(&mut self) -> Result<(), DaemonError> {
+        let (_watcher, events) = self.watch();
+        self.events = events;
+        system::sd_notify("READY=1");
+        tracing::info!(target: "daemon", inbox = %self.config.paths.inbox.display(), deid_workers = self.config.raw.daemon.deid_workers, "serving");
+        while !system::terminate_requested() {
+            if system::take_reload() {
+                self.reload();
+            }
+            self.step()?;
+        }
+        system::sd_notify("STOPPING=1");
+        self.shutdown()
+    }
+
+    /// One turn of the coordinator loop: events, rescan when due, intake,
+    /// claims, dispatch, outcomes, watchdog and summary.
+    pub fn step(&mut self) -> Result<(), DaemonError> {
+        if let Some(events) = self.events.take() {
+            self.drain_events(&events);
+            self.events = Some(events);
+        }
+        let rescan_every = self.config.raw.ingest.rescan_interval.as_duration();
+        if self.timers.rescan.is_none_or(|t| t.elapsed() >= rescan_every) {
+            self.rescan();
+            self.timers.rescan = Some(Instant::now());
+        }
+        self.intake()?;
+        self.drain_outcomes(Duration::ZERO)?;
+        if self.may_proceed() {
+            self.claim_complete_studies()?;
+            self.push_dispatch();
+        }
+        if self.timers.resume.elapsed() >= Duration::from_secs(2) {
+            // Moves that failed on an environment fault are retried here.
+            self.resume_moves()?;
+            self.timers.resume = Instant::now();
+        }
+        self.drain_outcomes(Duration::from_millis(50))?;
+        if self
+            .timers
+            .watchdog_every
+            .is_some_and(|every| self.timers.watchdog.elapsed() >= every)
+        {
+            system::sd_notify("WATCHDOG=1");
+            self.timers.watchdog = Instant::now();
+        }
+        if self.timers.status.elapsed() >= Duration::from_secs(5) {
+            system::sd_notify(&format!("STATUS={}", self.status_line()?));
+            self.timers.status = Instant::now();
+        }
+        if self.last_summary.elapsed() >= self.config.raw.daemon.summary_interval.as_duration() {
+            self.summary()?;
+            self.purge_archive();
+        }
+        Ok(())
+    }
+
+    /// Whether nothing is waiting, claimed or in flight (for tests and benchmarks).
+    pub fn idle(&self) -> Result<bool, DaemonError> {
+        Ok(self.jobs.is_empty() && self.dispatch.is_empty() && self.ledger.unfinished_jobs()?.is_empty())
+    }
+
+    pub fn shutdown(&mut self) -> Result<(), DaemonError> {
+        let deadline = Instant::now() + self.config.raw.daemon.shutdown_timeout.as_duration();
+        tracing::info!(target: "daemon", in_flight = self.in_flight(), "stopping: intake stopped, finishing in-flight jobs");
+        // Tasks not yet handed to a worker stay claimed in the ledger; the next start resumes them.
+        self.dispatch.clear();
+        self.deid_tx = None;
+        while !self.jobs.is_empty() && self.in_flight() > 0 && Instant::now() < deadline {
+            self.drain_outcomes(Duration::from_millis(100))?;
+            if self.pause.is_some() {
+                break;
+            }
+        }
+        let left = self.in_flight();
+        if left == 0 {
+            for thread in self.threads.drain(..) {
+                let _ = thread.join();
+            }
+        }
+        self.summary()?;
+        tracing::info!(target: "daemon", checkpointed = left, "stopped; unfinished work resumes at the next start");
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.jobs.values().map(|p| p.remaining.len()).sum::<usize>()
+    }
+
+    fn watch(
+        &mut self,
+    ) -> (
+        Option<notify::RecommendedWatcher>,
+        Option<std::sync::mpsc::Receiver<notify::Result<notify::Event>>>,
+    ) {
+        use notify::Watcher;
+        if self.options.no_inotify {
+            tracing::info!(target: "ingest", "inotify off; relying on rescans every {}", self.config.raw.ingest.rescan_interval);
+            return (None, None);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watcher = notify::recommended_watcher(tx).and_then(|mut watcher| {
+            watcher.watch(&self.config.paths.inbox, notify::RecursiveMode::Recursive)?;
+            Ok(watcher)
+        });
+        match watcher {
+            Ok(watcher) => (Some(watcher), Some(rx)),
+            Err(error) => {
+                tracing::warn!(target: "ingest", %error, "cannot watch the inbox; relying on rescans");
+                (None, None)
+            }
+        }
+    }
+
+    fn drain_events(&mut self, events: &std::sync::mpsc::Receiver<notify::Result<notify::Event>>) {
+        use notify::event::{EventKind, ModifyKind, RenameMode};
+        while let Ok(event) = events.try_recv() {
+            let Ok(event) = event else {
+                // Dropped events (queue overflow) are caught by the next rescan.
+                continue;
+            };
+            let renamed_in = matches!(
+                event.kind,
+                EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            );
+            let target = if renamed_in { event.paths.last() } else { None };
+            if let Some(path) = target {
+                self.settler.renamed_in(path);
+            }
+            for path in event.paths {
+                if path.starts_with(&self.config.paths.inbox) {
+                    self.pending.insert(path);
+                }
+            }
+        }
+    }
+
+    fn rescan(&mut self) {
+        match crate::ingest::scan_inbox(&self.config.paths.inbox) {
+            Ok(entries) => {
+                let mut present = HashSet::new();
+                self.ready.clear();
+                for entry in entries {
+                    match entry {
+                        crate::ingest::Entry::File(candidate) => {
+                            present.insert(candidate.path.clone());
+                            self.pending.insert(candidate.path);
+                        }
+                        crate::ingest::Entry::ReadyMarker(path) | crate::ingest::Entry::NotRegular(path) => {
+                            present.insert(path.clone());
+                            self.pending.insert(path);
+                        }
+                        crate::ingest::Entry::Skipped => {}
+                    }
+                }
+                self.settler.retain(&present);
+                self.recorded.retain(|path| present.contains(path));
+                self.unreadable.retain(|path| present.contains(path));
+            }
+            Err(error) => self.pause_for(format!("cannot list the inbox: {error}")),
+        }
+    }
+
+    fn reload(&mut self) {
+        match Config::load(&self.config.file) {
+            Err(problems) => {
+                tracing::error!(target: "daemon", "reload refused, keeping the running config: {problems}");
+            }
+            Ok(config) => match (self.build)(&config, &self.key) {
+                Err(error) => tracing::error!(target: "daemon", %error, "reload refused, keeping the running config"),
+                Ok(engine) => {
+                    if config.paths != self.config.paths {
+                        tracing::warn!(target: "daemon", "[paths] changed; the new paths take effect at the next restart");
+                    }
+                    let pipelines = config.pipelines.len();
+                    let paths = self.config.paths.clone();
+                    self.config = config;
+                    self.config.paths = paths;
+                    self.engine = Arc::new(engine);
+                    tracing::info!(target: "daemon", pipelines, "reloaded config and pipelines");
+                }
+            },
+        }
+    }
+
+    /// Whether intake may claim and dispatch: not paused, outbox has space.
+    fn may_proceed(&mut self) -> bool {
+        if let Some(pause) = &mut self.pause {
+            if Instant::now() < pause.until {
+                if pause.last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(target: "daemon", reason = %pause.reason, retry_in_ms = pause.backoff.as_millis() as u64, "intake paused; nothing is dropped, retrying");
+                    pause.last_logged = Some(Instant::now());
+                }
+                return false;
+            }
+        }
+        let min_free = self.config.raw.daemon.min_free_space.0;
+        match system::free_space(&self.config.paths.outbox) {
+            Ok(free) if free < min_free => {
+                self.pause_for(format!(
+                    "the outbox file system has {free} bytes free, below daemon.min_free_space ({min_free}); free space or lower the setting"
+                ));
+                return false;
+            }
+            Err(error) => {
+                self.pause_for(format!("cannot check the outbox ({error}); is the mount present?"));
+                return false;
+            }
+            Ok(_) => {}
+        }
+        if let Some(pause) = self.pause.take() {
+            tracing::info!(target: "daemon", reason = %pause.reason, "intake resumed");
+            // Instances that hit the fault go back to the deid queue.
+            for (job, instance) in std::mem::take(&mut self.retry) {
+                if let Err(error) = self.requeue_task(job, instance) {
+                    tracing::error!(target: "daemon", %error, "cannot requeue an instance after a pause");
+                }
+            }
+        }
+        true
+    }
+
+    fn pause_for(&mut self, reason: String) {
+        match &mut self.pause {
+            Some(pause) => {
+                pause.backoff = (pause.backoff * 2).min(Duration::from_secs(30));
+                pause.until = Instant::now() + pause.backoff;
+                pause.reason = reason;
+            }
+            None => {
+                let backoff = Duration::from_millis(500);
+                tracing::warn!(target: "daemon", %reason, "intake paused; nothing is dropped, retrying with backoff");
+                self.pause = Some(Pause {
+                    reason,
+                    until: Instant::now() + backoff,
+                    backoff,
+                    last_logged: Some(Instant::now()),
+                });
+            }
+        }
+    }
+
+    fn status_line(&self) -> Result<String, DaemonError> {
+        let waiting = self.ledger.received()?.len();
+        Ok(format!(
+            "waiting {waiting}, in flight {}, studies done {}, quarantined {}{}",
+            self.in_flight(),
+            self.counters.studies_done,
+            self.counters.quarantined,
+            if self.pause.is_some() { ", intake paused" } else { "" }
+        ))
+    }
+
+    fn summary(&mut self) -> Result<(), DaemonError> {
+        self.last_summary = Instant::now();
+        let waiting = self.ledger.received()?.len();
+        let free = system::free_space(&self.config.paths.outbox).unwrap_or(0);
+        tracing::info!(
+            target: "daemon",
+            queued = waiting,
+            in_flight = self.in_flight(),
+            studies_done = self.counters.studies_done,
+            instances_written = self.counters.instances_written,
+            quarantined = self.counters.quarantined,
+            duplicates = self.counters.duplicates,
+            disk_free_mib = free / (1024 * 1024),
+            paused = self.pause.is_some(),
+            "summary"
+        );
+        Ok(())
+    }
+
+    /// Removes archived originals older than `daemon.retention_days`.
+    fn purge_archive(&self) {
+        let Some(days) = self.config.raw.daemon.retention_days else {
+            return;
+        };
+        let cutoff = Duration::from_secs(u64::from(days) * 86_400);
+        let Ok(listing) = std::fs::read_dir(&self.config.paths.archive) else {
+            return;
+        };
+        for entry in listing.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= cutoff);
+            if old && std::fs::remove_dir_all(entry.path()).is_ok() {
+                tracing::info!(target: "daemon", job = %entry.file_name().to_string_lossy(), "purged archived originals past retention");
+            }
+        }
+    }
+}
+
+/// Removes temp files a killed writer left (`.NAME.tmp-PID`, see
+/// `fsutil::write_atomic`); the outputs they were for are rewritten on resume.
+fn sweep_stale_temporaries(outbox: &std::path::Path) {
+    let mut folders = vec![outbox.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(listing) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => folders.push(entry.path()),
+                Ok(kind) if kind.is_file() && name.starts_with('.') && name.contains(".tmp-") => {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn spawn(name: String, work: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(work)
+        .expect("the OS refused to start a stage thread")
+}
+
+#[cfg(test)]
+mod tests;

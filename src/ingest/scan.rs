@@ -1,0 +1,127 @@
+//! Walking the inbox. Symlinks are never followed (a link in the inbox is
+//! refused, whatever it points at), so nothing outside the inbox is read.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+/// What one inbox entry is to intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A regular file that may become an instance once settled.
+    File(Candidate),
+    /// `<anything>.ready`: the study in this folder is complete.
+    ReadyMarker(PathBuf),
+    /// Hidden, `*.partial`, `*.tmp`: still being written under a temporary name.
+    Skipped,
+    /// A symlink, FIFO, socket or device: refused, never followed.
+    NotRegular(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime: SystemTime,
+}
+
+/// Whether a name is a temporary one that senders rename when done.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".partial") || name.ends_with(".tmp")
+}
+
+/// Whether `path` is lexically inside `inbox` (no `..` escapes).
+fn inside(inbox: &Path, path: &Path) -> bool {
+    match path.strip_prefix(inbox) {
+        Ok(rest) => rest.components().all(|c| matches!(c, Component::Normal(_))),
+        Err(_) => false,
+    }
+}
+
+/// Classifies one path without following links. None when it vanished, is a
+/// folder, or lies outside the inbox (events can name paths we must not touch).
+pub fn classify(inbox: &Path, path: &Path) -> Option<Entry> {
+    if !inside(inbox, path) || path == inbox {
+        return None;
+    }
+    let metadata = fs::symlink_metadata(path).ok()?;
+    let name = path.file_name()?.to_string_lossy();
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        return None;
+    }
+    if is_temporary(&name) {
+        return Some(Entry::Skipped);
+    }
+    if !kind.is_file() {
+        return Some(Entry::NotRegular(path.to_path_buf()));
+    }
+    if name.ends_with(".ready") {
+        return Some(Entry::ReadyMarker(path.to_path_buf()));
+    }
+    let mtime = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    Some(Entry::File(Candidate {
+        path: path.to_path_buf(),
+        size: metadata.size(),
+        mtime,
+    }))
+}
+
+/// Every entry under `inbox`, recursively, folders not followed through links.
+pub fn scan_inbox(inbox: &Path) -> std::io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    let mut folders = vec![inbox.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let listing = match fs::read_dir(&folder) {
+            Ok(listing) => listing,
+            // A subfolder removed while we walk is not an error.
+            Err(error) if folder != inbox && error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        for item in listing.flatten() {
+            let path = item.path();
+            match item.file_type() {
+                Ok(kind) if kind.is_dir() => folders.push(path),
+                Ok(_) => entries.extend(classify(inbox, &path)),
+                Err(_) => {}
+            }
+        }
+    }
+    entries.sort_by(|a, b| entry_path(a).cmp(&entry_path(b)));
+    Ok(entries)
+}
+
+fn entry_path(entry: &Entry) -> Option<&Path> {
+    match entry {
+        Entry::File(candidate) => Some(&candidate.path),
+        Entry::ReadyMarker(path) | Entry::NotRegular(path) => Some(path),
+        Entry::Skipped => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_refuses_links_and_skips_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        fs::create_dir_all(inbox.join("study")).unwrap();
+        fs::write(inbox.join("study/a.dcm"), b"x").unwrap();
+        fs::write(inbox.join("study/b.dcm.partial"), b"x").unwrap();
+        fs::write(inbox.join("study/.c.dcm"), b"x").unwrap();
+        fs::write(inbox.join("study/done.ready"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", inbox.join("link.dcm")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), inbox.join("linked-folder")).unwrap();
+        let entries = scan_inbox(&inbox).unwrap();
+        let files: Vec<_> = entries.iter().filter(|e| matches!(e, Entry::File(_))).collect();
+        assert_eq!(files.len(), 1);
+        assert!(entries.contains(&Entry::ReadyMarker(inbox.join("study/done.ready"))));
+        assert!(entries.contains(&Entry::NotRegular(inbox.join("link.dcm"))));
+        assert!(entries.contains(&Entry::NotRegular(inbox.join("linked-folder"))));
+        assert_eq!(entries.iter().filter(|e| **e == Entry::Skipped).count(), 2);
+        assert_eq!(classify(&inbox, &inbox.join("../escape.dcm")), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! The real daemon binary taking studies from its inbox: slow senders,
+//! atomic renames, `.ready` markers, rescans without inotify, SIGHUP reload.
+
+mod daemon_support;
+
+use daemon_support::*;
+use std::fs;
+use std::time::{Duration, Instant};
+
+#[test]
+fn three_slowly_copied_studies_are_each_processed_once_after_stable_age() {
+    let layout = Layout::new();
+    let daemon = layout.start(&[]);
+    let inbox = layout.path("inbox");
+    let mut last_arrival = Instant::now();
+    for study in 1..=3u32 {
+        let folder = inbox.join(format!("study{study}"));
+        fs::create_dir_all(&folder).unwrap();
+        for instance in 1..=4u32 {
+            let path = folder.join(format!("im{instance}.dcm"));
+            let bytes = mr_bytes(study, 1, instance);
+            // Study 3's sender renames finished files into place; the others write in place, slowly.
+            if study == 3 {
+                write_renamed(&path, &bytes);
+            } else {
+                write_slowly(&path, &bytes);
+            }
+            last_arrival = Instant::now();
+            std::thread::sleep(Duration::from_millis(80));
+        }
+    }
+    wait_until(Duration::from_secs(20), "12 outputs", || {
+        files_under(&layout.path("outbox")).len() >= 12
+    });
+    // No study is complete before stable_age (1 s) has passed since its last instance.
+    assert!(last_arrival.elapsed() >= Duration::from_millis(900));
+    std::thread::sleep(Duration::from_millis(1500));
+    let outputs = files_under(&layout.path("outbox"));
+    assert_eq!(outputs.len(), 12, "{outputs:?}");
+    for output in &outputs {
+        let object = dicom_object::open_file(output).unwrap();
+        let name = object
+            .element(dicom_dictionary_std::tags::PATIENT_NAME)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(!name.contains("FAKEPATIENT"), "output keeps the patient name");
+    }
+    assert!(files_under(&inbox).is_empty(), "{:?}", files_under(&inbox));
+    assert!(files_under(&layout.path("work")).is_empty());
+    assert_eq!(files_under(&layout.path("archive")).len(), 12);
+    let status = layout.status();
+    assert_eq!(count(&status, "jobs", "done"), 3, "{status}");
+    assert_eq!(count(&status, "instances", "written"), 12, "{status}");
+    assert!(daemon.stop().success(), "SIGTERM must exit 0");
+    let log = layout.log();
+    assert_eq!(log.matches("study claimed").count(), 3, "{log}");
+    assert_eq!(log.matches("study finished").count(), 3, "{log}");
+    assert!(log.contains("summary"), "{log}");
+    assert_no_phi(&log);
+}
+
+#[test]
+fn rescans_find_files_without_inotify_and_a_ready_marker_completes_a_study_at_once() {
+    let layout = Layout::with(&[("stable_age = \"1s\"", "stable_age = \"1h\"")]);
+    let daemon = layout.start(&[("SYNTHD_INOTIFY", "off")]);
+    let folder = layout.path("inbox").join("study7");
+    fs::create_dir_all(&folder).unwrap();
+    for instance in 1..=3 {
+        fs::write(folder.join(format!("{instance}.dcm")), mr_bytes(7, 1, instance)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        files_under(&layout.path("outbox")).is_empty(),
+        "stable_age is 1 h: nothing may be claimed yet"
+    );
+    fs::write(folder.join("study.ready"), b"").unwrap();
+    wait_until(Duration::from_secs(10), "3 outputs after the .ready marker", || {
+        files_under(&layout.path("outbox")).len() == 3
+    });
+    wait_until(Duration::from_secs(5), "the marker consumed", || {
+        files_under(&folder).is_empty()
+    });
+    assert!(daemon.stop().success());
+    let log = layout.log();
+    assert!(log.contains("inotify off"), "{log}");
+    assert_no_phi(&log);
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_running_one() {
+    let layout = Layout::new();
+    let mut daemon = layout.start(&[]);
+    wait_until(Duration::from_secs(10), "serving", || layout.log().contains("serving"));
+    let good = fs::read_to_string(&layout.config).unwrap();
+    fs::write(&layout.config, good.replace("[daemon]", "[daemon]\nno_such_key = 1")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "reload refused", || {
+        layout.log().contains("reload refused")
+    });
+    assert!(daemon.alive(), "a broken config must not stop the daemon");
+    // Still serving with the old config.
+    fs::write(layout.path("inbox").join("a.dcm"), mr_bytes(8, 1, 1)).unwrap();
+    wait_until(Duration::from_secs(10), "output after the refused reload", || {
+        files_under(&layout.path("outbox")).len() == 1
+    });
+    // A valid config reloads.
+    fs::write(&layout.config, good).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "reloaded", || {
+        layout.log().contains("reloaded config and pipelines")
+    });
+    assert!(daemon.stop().success());
+    let log = layout.log();
+    assert!(log.contains("no_such_key"), "the refusal says which key: {log}");
+    assert_no_phi(&log);
+}
