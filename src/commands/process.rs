@@ -81,16 +81,10 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
     let mut studies: BTreeMap<StudyKey, Vec<PathBuf>> = BTreeMap::new();
     let mut not_selected = 0usize;
     let mut quarantined = 0usize;
-    let takes_seg = pipeline
-        .pipeline
-        .synth
-        .as_ref()
-        .is_some_and(|s| s.mask.source == crate::config::pipeline::MaskSource::Seg);
     for file in &files {
         match deid::read_header(file) {
             Ok(header) => {
-                let is_seg = header.sop_class_uid == crate::output::seg::SEGMENTATION_STORAGE;
-                if (takes_seg && is_seg) || deid::selection::matches(&pipeline.pipeline.selection, &header.header) {
+                if deid::selection::pipeline_takes(&pipeline.pipeline, &header.header) {
                     studies
                         .entry(StudyKey::new(&key, header.study_instance_uid.expose()))
                         .or_default()

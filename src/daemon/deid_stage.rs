@@ -1,31 +1,71 @@
-//! The daemon's engine: one `Deidentifier` per pipeline. A pipeline's
-//! `[synth]` table is not run here yet; the synth stage slots in between
-//! `deidentify` and `encode` (see ARCHITECTURE.md).
+//! The daemon's engine: one `Deidentifier` per pipeline, and for a pipeline
+//! with `[synth]` its diffusion engine, run once a job's instances are all
+//! written (`synthesize`, on the synth stage thread).
 
 use super::engine::Engine;
-use crate::config::Config;
+use crate::config::{Config, LoadedPipeline};
 use crate::deid::{Deidentified, Deidentifier};
 use crate::keyfile::SiteKey;
+use crate::output::study::{write_study, SourceWrites, StudyContext};
 use crate::quarantine::{ReasonCode, Rejection};
+use crate::synth::{Engine as SynthEngine, EngineOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub struct DeidEngine {
     by_pipeline: HashMap<String, Deidentifier>,
+    synthesis: HashMap<String, Synthesis>,
+    key: SiteKey,
+}
+
+/// A synthesizing pipeline: its definition and its loaded model.
+struct Synthesis {
+    pipeline: LoadedPipeline,
+    pipeline_sha256: String,
+    engine: SynthEngine,
 }
 
 impl DeidEngine {
     pub fn build(config: &Config, key: &SiteKey) -> Result<DeidEngine, String> {
         let mut by_pipeline = HashMap::new();
+        let mut synthesis = HashMap::new();
         for pipeline in &config.pipelines {
             let deidentifier = Deidentifier::new(key.clone(), &pipeline.pipeline.deid)
                 .map_err(|error| format!("pipeline {}: {error}", pipeline.file.display()))?;
-            if pipeline.pipeline.synth.is_some() {
-                tracing::warn!(target: "daemon", pipeline = pipeline.name(), "the daemon does not run [synth] yet; this pipeline's series are de-identified and forwarded");
+            if let (Some(synth), Some(model)) = (&pipeline.pipeline.synth, pipeline.model_path()) {
+                let runtime = crate::runtime::init(config.onnxruntime_library.as_deref())
+                    .map_err(|error| format!("pipeline {}: {error}", pipeline.file.display()))?;
+                let options = EngineOptions {
+                    intra_op_threads: config.raw.runtime.intra_op_threads,
+                    cache_dir: config.paths.state.join("provider-cache"),
+                };
+                let engine = SynthEngine::new(runtime, &model, synth, options)
+                    .map_err(|error| format!("pipeline {}: {error}", pipeline.file.display()))?;
+                let bytes = std::fs::read(&pipeline.file)
+                    .map_err(|error| format!("pipeline {}: {error}", pipeline.file.display()))?;
+                let pipeline_sha256 = {
+                    use sha2::Digest;
+                    sha2::Sha256::digest(&bytes)
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                };
+                synthesis.insert(
+                    pipeline.name().to_string(),
+                    Synthesis {
+                        pipeline: pipeline.clone(),
+                        pipeline_sha256,
+                        engine,
+                    },
+                );
             }
             by_pipeline.insert(pipeline.name().to_string(), deidentifier);
         }
-        Ok(DeidEngine { by_pipeline })
+        Ok(DeidEngine {
+            by_pipeline,
+            synthesis,
+            key: key.clone(),
+        })
     }
 }
 
@@ -52,5 +92,46 @@ impl Engine for DeidEngine {
             .to_bytes()
             .map_err(|error| Rejection::new(ReasonCode::UnsupportedTransferSyntax, error.to_string()))?;
         Ok((item.relative_path(), bytes))
+    }
+    fn synthesizes(&self, pipeline: &str) -> bool {
+        self.synthesis.contains_key(pipeline)
+    }
+
+    fn synthesize(&self, pipeline: &str, outbox: &Path, written: &[PathBuf]) -> Result<(), Rejection> {
+        let Some(synthesis) = self.synthesis.get(pipeline) else {
+            return Ok(());
+        };
+        let mut instances = Vec::with_capacity(written.len());
+        for relative in written {
+            let object = dicom_object::open_file(outbox.join(relative)).map_err(|error| {
+                Rejection::new(
+                    ReasonCode::ModelFailure,
+                    format!("cannot read a written de-identified instance back: {error}"),
+                )
+            })?;
+            instances.push(Deidentified::from_written(object)?);
+        }
+        let context = StudyContext {
+            key: &self.key,
+            pipeline: &synthesis.pipeline,
+            pipeline_sha256: synthesis.pipeline_sha256.clone(),
+            engine: Some(&synthesis.engine),
+        };
+        let report = write_study(&context, &instances, outbox, SourceWrites::AlreadyWritten)
+            .map_err(|error| Rejection::new(ReasonCode::ModelFailure, error.to_string()))?;
+        for reason in &report.skipped_series {
+            tracing::warn!(target: "daemon", pipeline, "not synthesized: {reason}");
+        }
+        tracing::info!(
+            target: "daemon",
+            pipeline,
+            synthetic_series = report.synthetic_series,
+            synthetic_instances = report.synthetic_instances,
+            seg = report.seg_instances,
+            ort_seconds = report.ort_seconds,
+            provider = synthesis.engine.provider().name(),
+            "synthesis written"
+        );
+        Ok(())
     }
 }

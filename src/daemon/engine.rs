@@ -16,4 +16,18 @@ pub trait Engine: Send + Sync + 'static {
     /// The output's path relative to the outbox and its encoded bytes.
     /// Deterministic: the same item always gives the same path and bytes.
     fn encode(&self, item: &Self::Item) -> Result<(PathBuf, Vec<u8>), Rejection>;
+
+    /// Whether the named pipeline has study-level work after its instances
+    /// are written (synthesis).
+    fn synthesizes(&self, _pipeline: &str) -> bool {
+        false
+    }
+
+    /// The study-level work: reads the written de-identified instances
+    /// (paths relative to the outbox) and writes what the pipeline derives
+    /// from them. Deterministic, so a replay after a crash rewrites the
+    /// same files.
+    fn synthesize(&self, _pipeline: &str, _outbox: &Path, _written: &[PathBuf]) -> Result<(), Rejection> {
+        Ok(())
+    }
 }

@@ -2,12 +2,12 @@
 //! instances to the stages, recording outcomes, moving originals and
 //! quarantined inputs, and resuming all of it after a restart.
 
-use super::workers::{DeidTask, OutcomeKind};
+use super::workers::{self, DeidTask, OutcomeKind};
 use super::{Daemon, DaemonError, Engine, Progress};
 use crate::fsutil;
 use crate::ledger::{self, Instance, InstanceState, Job, JobState};
 use crate::quarantine::{self, ReasonCode, Rejection, Stage};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -151,6 +151,8 @@ impl<E: Engine> Daemon<E> {
                 deidentified: 0,
                 quarantined: 0,
                 started: Instant::now(),
+                synthesizing: HashSet::new(),
+                synthesis_started: false,
             },
         );
         for instance in instances.iter().filter(|i| remaining.contains(&i.id)) {
@@ -212,6 +214,40 @@ impl<E: Engine> Daemon<E> {
 
     fn record(&mut self, job: i64, instance: i64, kind: OutcomeKind) -> Result<(), DaemonError> {
         match kind {
+            OutcomeKind::Synthesized(pipeline) => {
+                let done = self.jobs.get_mut(&job).is_some_and(|progress| {
+                    progress.synthesizing.remove(&pipeline);
+                    progress.synthesizing.is_empty()
+                });
+                if done {
+                    self.ledger.set_job_state(job, JobState::Synthesized)?;
+                }
+                self.check_finished(job)?;
+            }
+            OutcomeKind::SynthesisFailed(pipeline, rejection) => {
+                // The study's de-identified outputs are durable; what failed is
+                // the derived series. It is recorded where admins look for
+                // failures, with its reason code, and the job completes.
+                let dir = self
+                    .config
+                    .paths
+                    .quarantine
+                    .join(format!("{}-synth-{pipeline}", ledger::job_name(job)));
+                if let Err(error) = quarantine::write_reason(&dir, &rejection, Stage::Synth, None) {
+                    self.io_fault("synth", &error);
+                }
+                tracing::warn!(
+                    target: "daemon",
+                    job = %ledger::job_name(job),
+                    pipeline = %pipeline,
+                    reason = %rejection.code,
+                    "synthesis failed; the de-identified series were written"
+                );
+                if let Some(progress) = self.jobs.get_mut(&job) {
+                    progress.synthesizing.remove(&pipeline);
+                }
+                self.check_finished(job)?;
+            }
             OutcomeKind::Deidentified => {
                 let all = self.jobs.get_mut(&job).is_some_and(|progress| {
                     progress.deidentified += 1;
@@ -254,8 +290,52 @@ impl<E: Engine> Daemon<E> {
         Ok(())
     }
 
+    /// Hands the written instances of each synthesizing pipeline to the
+    /// synth stage; true when the job must wait for it.
+    fn start_synthesis(&mut self, job: i64) -> Result<bool, DaemonError> {
+        let mut by_pipeline: HashMap<String, Vec<PathBuf>> = HashMap::new();
+        for instance in self.ledger.instances_of(job)? {
+            if let (Some(pipeline), Some(output)) = (instance.pipeline, instance.output) {
+                if instance.state == InstanceState::Written && self.engine.synthesizes(&pipeline) {
+                    by_pipeline.entry(pipeline).or_default().push(output);
+                }
+            }
+        }
+        let Some(progress) = self.jobs.get_mut(&job) else {
+            return Ok(false);
+        };
+        progress.synthesis_started = true;
+        let Some(synth_tx) = &self.synth_tx else {
+            return Ok(false);
+        };
+        for (pipeline, mut written) in by_pipeline {
+            written.sort();
+            progress.synthesizing.insert(pipeline.clone());
+            let task = workers::SynthTask {
+                job,
+                pipeline,
+                written,
+                engine: self.engine.clone(),
+            };
+            // Bounded: a full synth queue blocks the coordinator here, which
+            // stops claiming; the backlog stays in the inbox.
+            if synth_tx.send(task).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(!progress.synthesizing.is_empty())
+    }
+
     fn check_finished(&mut self, job: i64) -> Result<(), DaemonError> {
-        if self.jobs.get(&job).is_some_and(|p| p.remaining.is_empty()) {
+        let ready = self.jobs.get(&job).is_some_and(|p| p.remaining.is_empty());
+        if ready && !self.jobs.get(&job).is_some_and(|p| p.synthesis_started) && self.start_synthesis(job)? {
+            return Ok(());
+        }
+        if self
+            .jobs
+            .get(&job)
+            .is_some_and(|p| p.remaining.is_empty() && p.synthesizing.is_empty())
+        {
             if let Some(progress) = self.jobs.remove(&job) {
                 self.ledger.set_job_state(job, JobState::Written)?;
                 if self.move_originals(job)? {

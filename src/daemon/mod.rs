@@ -70,6 +70,10 @@ struct Progress {
     deidentified: usize,
     quarantined: usize,
     started: Instant,
+    /// Pipelines whose study-level synthesis is still running.
+    synthesizing: HashSet<String>,
+    /// Whether synthesis was handed out (it runs once the instances are written).
+    synthesis_started: bool,
 }
 
 /// Why intake is paused, and when to try again.
@@ -111,6 +115,7 @@ pub struct Daemon<E: Engine> {
     retry: Vec<(i64, i64)>,
     pause: Option<Pause>,
     deid_tx: Option<Sender<DeidTask<E>>>,
+    synth_tx: Option<Sender<workers::SynthTask<E>>>,
     outcome_rx: Receiver<Outcome>,
     threads: Vec<JoinHandle<()>>,
     counters: Counters,
@@ -150,6 +155,13 @@ impl<E: Engine> Daemon<E> {
             let (rx, tx, out) = (deid_rx.clone(), output_tx.clone(), outcome_tx.clone());
             threads.push(spawn(format!("deid-{n}"), move || workers::deid_worker(rx, tx, out)));
         }
+        let (synth_tx, synth_rx) = bounded::<workers::SynthTask<E>>(depth);
+        {
+            let (out, outbox) = (outcome_tx.clone(), config.paths.outbox.clone());
+            threads.push(spawn("synth".to_string(), move || {
+                workers::synth_worker(synth_rx, outbox, out)
+            }));
+        }
         for n in 0..settings.output_workers {
             let (rx, out, outbox) = (output_rx.clone(), outcome_tx.clone(), config.paths.outbox.clone());
             threads.push(spawn(format!("output-{n}"), move || {
@@ -174,6 +186,7 @@ impl<E: Engine> Daemon<E> {
             retry: Vec::new(),
             pause: None,
             deid_tx: Some(deid_tx),
+            synth_tx: Some(synth_tx),
             outcome_rx,
             threads,
             counters: Counters::default(),
@@ -267,6 +280,7 @@ impl<E: Engine> Daemon<E> {
         // Tasks not yet handed to a worker stay claimed in the ledger; the next start resumes them.
         self.dispatch.clear();
         self.deid_tx = None;
+        self.synth_tx = None;
         while !self.jobs.is_empty() && self.in_flight() > 0 && Instant::now() < deadline {
             self.drain_outcomes(Duration::from_millis(100))?;
             if self.pause.is_some() {

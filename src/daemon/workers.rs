@@ -25,9 +25,22 @@ pub struct OutputTask<E: Engine> {
     pub engine: Arc<E>,
 }
 
+/// Study-level synthesis of one job's written instances for one pipeline.
+pub struct SynthTask<E: Engine> {
+    pub job: i64,
+    pub pipeline: String,
+    pub written: Vec<PathBuf>,
+    pub engine: Arc<E>,
+}
+
 #[derive(Debug)]
 pub enum OutcomeKind {
     Deidentified,
+    /// A job's synthesis for one pipeline is durable in the outbox.
+    Synthesized(String),
+    /// A job's synthesis for one pipeline failed (e.g. model-failure); the
+    /// de-identified outputs stand.
+    SynthesisFailed(String, Rejection),
     /// The output is durable at this path relative to the outbox.
     Written(PathBuf),
     Rejected(Stage, Rejection),
@@ -118,4 +131,25 @@ fn write_output(outbox: &Path, relative: &Path, bytes: &[u8]) -> std::io::Result
         }
     }
     fsutil::write_atomic(&target, bytes, 0o640)
+}
+
+/// The synth stage: one study at a time (the model saturates the cores or
+/// the GPU; more threads would only contend). Reports with instance 0.
+pub fn synth_worker<E: Engine>(tasks: Receiver<SynthTask<E>>, outbox: PathBuf, outcomes: Sender<Outcome>) {
+    for task in tasks {
+        let kind = match task.engine.synthesize(&task.pipeline, &outbox, &task.written) {
+            Ok(()) => OutcomeKind::Synthesized(task.pipeline.clone()),
+            Err(rejection) => OutcomeKind::SynthesisFailed(task.pipeline.clone(), rejection),
+        };
+        if outcomes
+            .send(Outcome {
+                job: task.job,
+                instance: 0,
+                kind,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
 }

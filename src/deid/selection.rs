@@ -5,6 +5,19 @@ use crate::config::pipeline::Selection;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
+/// Whether a pipeline takes this instance: its `[match]` accepts it, or it
+/// is a Segmentation the pipeline needs for its masks (`mask.source = "seg"`).
+pub fn pipeline_takes(pipeline: &crate::config::pipeline::Pipeline, object: &InMemDicomObject) -> bool {
+    let is_seg = super::engine::string_of(object, tags::SOP_CLASS_UID).as_deref() == Some(SEGMENTATION_STORAGE);
+    let wants_seg = pipeline
+        .synth
+        .as_ref()
+        .is_some_and(|s| s.mask.source == crate::config::pipeline::MaskSource::Seg);
+    (is_seg && wants_seg) || matches(&pipeline.selection, object)
+}
+
+const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
+
 pub fn matches(selection: &Selection, object: &InMemDicomObject) -> bool {
     let text = |tag| super::engine::string_of(object, tag).unwrap_or_default();
     let modality = text(tags::MODALITY);

@@ -9,5 +9,5 @@ use crate::config::LoadedPipeline;
 pub fn pick_pipeline<'a>(pipelines: &'a [LoadedPipeline], header: &Header) -> Option<&'a LoadedPipeline> {
     pipelines
         .iter()
-        .find(|pipeline| crate::deid::selection::matches(&pipeline.pipeline.selection, &header.dataset))
+        .find(|pipeline| crate::deid::selection::pipeline_takes(&pipeline.pipeline, &header.dataset))
 }

@@ -1,0 +1,130 @@
+//! End to end through the daemon: drop the demo study into the inbox and get
+//! the de-identified series, the synthetic series, its SEG, the manifest and
+//! a preview in the outbox; `synthd process` writes the same files.
+
+mod common;
+
+use common::{files_under, repo, synthd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+fn dicom_files(root: &Path) -> Vec<PathBuf> {
+    files_under(root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm" || e == "png"))
+        .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+        .collect()
+}
+
+#[test]
+fn the_daemon_synthesizes_the_demo_study_like_process_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    assert!(synthd(&["init", site.to_str().unwrap()]).status.success());
+    let config = site.join("synthd.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("stable_age = \"60s\"", "stable_age = \"1s\"")
+        .replace("rescan_interval = \"30s\"", "rescan_interval = \"300ms\"")
+        .replace("settle = \"2s\"", "settle = \"200ms\"");
+    std::fs::write(&config, text).unwrap();
+    std::fs::remove_file(site.join("pipelines/deid-only.toml")).unwrap();
+    let pipeline = site.join("pipelines/tiny-seg.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"tiny-seg\"\n[match]\nmodality = [\"MR\"]\n[deid]\noptions = [\"retain-longitudinal-modified-dates\"]\n\
+             [synth]\nmodel = \"{}\"\nsteps = 3\nseed = 5\nproviders = [\"cpu\"]\n[synth.mask]\nsource = \"seg\"\n\
+             [output]\npreview = true\n",
+            repo("fixtures/models/tiny/tiny-cond.onnx").display()
+        ),
+    )
+    .unwrap();
+
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_synthd"))
+            .args(["run", "--allow-root", "--config", config.to_str().unwrap()])
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // Copy into a hidden folder, then rename it in: an atomic arrival.
+    let staging = site.join("inbox/.incoming");
+    copy_dir(&repo("fixtures/dicom/demo"), &staging);
+    std::fs::rename(&staging, site.join("inbox/demo")).unwrap();
+
+    let outbox = site.join("outbox");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = files_under(&outbox).iter().any(|p| p.ends_with("preview.png"))
+            && files_under(&site.join("inbox")).is_empty()
+            && files_under(&site.join("work")).is_empty();
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not finish the study: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let from_daemon = dicom_files(&outbox);
+    // 51 de-identified (50 MR + the SEG), 50 synthetic, 1 SEG of the mask, 1 preview.
+    assert_eq!(from_daemon.len(), 51 + 50 + 1 + 1, "{from_daemon:#?}");
+    let manifest = files_under(&outbox)
+        .into_iter()
+        .find(|p| p.ends_with("manifest.jsonl"))
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(manifest).unwrap().lines().count(), 51 + 50 + 1);
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    for planted in ["FAKE", "Fake", "DEMO^"] {
+        assert!(!log.contains(planted), "a patient value reached the log: {planted}");
+    }
+
+    let processed = dir.path().join("processed");
+    let result = synthd(&[
+        "process",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--input",
+        repo("fixtures/dicom/demo").to_str().unwrap(),
+        "--output",
+        processed.to_str().unwrap(),
+        "--key-file",
+        site.join("synthd.key").to_str().unwrap(),
+    ]);
+    assert!(result.status.success(), "{}", common::stderr(&result));
+    assert_eq!(
+        dicom_files(&processed),
+        from_daemon,
+        "process and run write the same files"
+    );
+    for file in &from_daemon {
+        assert_eq!(
+            std::fs::read(outbox.join(file)).unwrap(),
+            std::fs::read(processed.join(file)).unwrap(),
+            "{} differs between run and process",
+            file.display()
+        );
+    }
+}
