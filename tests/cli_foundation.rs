@@ -77,7 +77,7 @@ fn validate_reports_unknown_key_with_file_line_and_key() {
     assert_eq!(
         stderr(&output),
         format!(
-            "{config}:17:1: `ingest.setle_time`: unknown key `setle_time`, expected one of `stable_age`, `rescan_interval`, `settle`\n\
+            "{config}:20:1: `ingest.setle_time`: unknown key `setle_time`, expected one of `stable_age`, `rescan_interval`, `settle`\n\
              error: 1 of 1 file(s) invalid; fix the lines above and run `synthd validate` again\n"
         )
     );
@@ -92,7 +92,7 @@ fn validate_reports_wrong_type() {
     let first = stderr(&output).lines().next().unwrap().to_string();
     assert_eq!(
         first,
-        format!("{config}:31:15: `daemon.queue_depth`: invalid type: string \"many\", expected a whole number between 1 and 100000")
+        format!("{config}:34:15: `daemon.queue_depth`: invalid type: string \"many\", expected a whole number between 1 and 100000")
     );
 }
 
@@ -106,7 +106,7 @@ fn validate_reports_bad_duration() {
     assert_eq!(
         first,
         format!(
-            "{config}:14:14: `ingest.stable_age`: duration \"60\" has no unit: expected a duration such as \"500ms\", \"2s\", \"5m\", \"1h\" or \"7d\""
+            "{config}:17:14: `ingest.stable_age`: duration \"60\" has no unit: expected a duration such as \"500ms\", \"2s\", \"5m\", \"1h\" or \"7d\""
         )
     );
 }
@@ -131,7 +131,13 @@ fn validate_reports_missing_model_in_pipeline() {
             expected_model.display()
         )
     );
-    // The daemon config that includes the pipeline folder fails the same way.
+    // A daemon config that includes the pipeline folder fails the same way.
+    let folder = pipeline.parent().unwrap().display().to_string();
+    edit(
+        &config,
+        &format!("pipelines = [\"{folder}/deid-only.toml\"]"),
+        &format!("pipelines = [\"{folder}\"]"),
+    );
     let output = synthd(&["validate", &config]);
     assert_eq!(output.status.code(), Some(2));
     assert!(

@@ -8,6 +8,11 @@ use common::{files_under, key, python, repo, synthd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// fixtures/dicom/make_demo.py: 48 axial MR slices and a SEG whose lesion
+/// segment covers 587 voxels.
+const DEMO_SLICES: usize = 48;
+const LESION_VOXELS: u64 = 587;
+
 fn pipeline(dir: &Path, mask_source: &str, variants: u32) -> PathBuf {
     let path = dir.join(format!("tiny-{mask_source}.toml"));
     let text = format!(
@@ -78,13 +83,15 @@ fn generated_masks_give_valid_synthetic_series_with_provenance() {
     let output = dir.path().join("out");
     let summary = process(&pipeline, &output, &key);
     assert!(
-        summary.contains("50 synthetic, 50 de-identified source, 1 SEG, 1 preview(s)"),
+        summary.contains(&format!(
+            "{DEMO_SLICES} synthetic, {DEMO_SLICES} de-identified source, 1 SEG, 1 preview(s)"
+        )),
         "{summary}"
     );
     assert!(summary.contains("provider    cpu"), "{summary}");
 
     let entries = manifest(&output);
-    assert_eq!(of_kind(&entries, "synthetic").len(), 50);
+    assert_eq!(of_kind(&entries, "synthetic").len(), DEMO_SLICES);
     assert_eq!(of_kind(&entries, "seg").len(), 1);
     let study_dir = files_under(&output)
         .into_iter()
@@ -160,13 +167,14 @@ for e in entries:
     assert (a[mask == 0] == b[mask == 0]).all(), "pixels outside the mask changed"
     assert syn.BitsStored == src.BitsStored and syn.PixelRepresentation == src.PixelRepresentation
     checked += 1
-assert checked == 50, checked
+assert checked == int(sys.argv[2]), checked
 print("ok")
 "#;
     let run = Command::new(python())
         .arg("-c")
         .arg(script)
         .arg(study_dir)
+        .arg(DEMO_SLICES.to_string())
         .output()
         .unwrap();
     assert!(
@@ -196,7 +204,7 @@ fn reruns_are_byte_identical_and_resume() {
     assert_eq!(files, dicom(&b));
     assert_eq!(
         files.iter().filter(|p| p.extension().unwrap() == "dcm").count(),
-        50 + 2 * 50 + 2
+        DEMO_SLICES + 2 * DEMO_SLICES + 2
     );
     for file in &files {
         assert_eq!(
@@ -226,11 +234,10 @@ fn seg_masks_come_from_the_study_segmentation() {
         .iter()
         .map(|e| e["mask_voxels"].as_u64().unwrap())
         .sum();
-    // make_demo.py draws the lesion ellipsoid with 775 voxels.
-    assert_eq!(inpainted, 775, "the mask is exactly the lesion segment");
+    assert_eq!(inpainted, LESION_VOXELS, "the mask is exactly the lesion segment");
     assert_eq!(
         of_kind(&entries, "source").len(),
-        51,
+        DEMO_SLICES + 1,
         "the de-identified SEG goes out too"
     );
 }

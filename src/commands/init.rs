@@ -72,7 +72,10 @@ fn config_text(dir: &Path) -> String {
     format!(
         r#"# synthd daemon config, written by `synthd init`. Relative paths resolve
 # against this file's folder. Check changes with `synthd validate` before a reload.
-pipelines = ["{pipelines}"]
+# The first pipeline (in this order) whose [match] takes a series handles it.
+# Synthesis examples are in {pipelines}/: list one here (before deid-only) to
+# enable it, e.g. "{pipelines}/brain-mri-inpaint.toml".
+pipelines = ["{pipelines}/deid-only.toml"]
 
 [paths]
 inbox = "{inbox}"

@@ -12,4 +12,18 @@ pub mod status;
 pub mod validate;
 
 /// The example pipelines shipped in `pipelines/`, written by `synthd init`.
-pub const EXAMPLE_PIPELINES: &[(&str, &str)] = &[("deid-only.toml", include_str!("../../pipelines/deid-only.toml"))];
+pub const EXAMPLE_PIPELINES: &[(&str, &str)] = &[
+    ("deid-only.toml", include_str!("../../pipelines/deid-only.toml")),
+    (
+        "brain-mri-inpaint.toml",
+        include_str!("../../pipelines/brain-mri-inpaint.toml"),
+    ),
+    (
+        "brain-lesion-from-seg.toml",
+        include_str!("../../pipelines/brain-lesion-from-seg.toml"),
+    ),
+    (
+        "overnight-dataset.toml",
+        include_str!("../../pipelines/overnight-dataset.toml"),
+    ),
+];

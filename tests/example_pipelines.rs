@@ -1,0 +1,112 @@
+//! Every example pipeline in pipelines/ runs on the demo study with the real
+//! demo model. To keep the suite fast, steps are cut to 2 and variants to at most 2;
+//! everything else is the file as shipped.
+
+mod common;
+
+use common::{files_under, key, repo, synthd};
+use std::path::Path;
+
+/// The shipped pipeline with fewer steps and variants, its model path made absolute.
+fn quick_copy(name: &str, dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo(&format!("pipelines/{name}.toml"))).unwrap();
+    let text: String = text
+        .lines()
+        .map(|line| match line.split_once('=').map(|(k, _)| k.trim()) {
+            Some("steps") => "steps = 2".to_string(),
+            Some("variants") => {
+                let value: u32 = line.split('=').nth(1).unwrap().trim().parse().unwrap();
+                format!("variants = {}", value.min(2))
+            }
+            Some("model") => format!(
+                "model = \"{}\"",
+                repo("fixtures/models/brain-inpaint-96.onnx").display()
+            ),
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(name: &str) -> (serde_json::Value, Vec<serde_json::Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key(dir.path(), "site.key");
+    let pipeline = quick_copy(name, dir.path());
+    let output = dir.path().join("out");
+    let result = synthd(&[
+        "process",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--input",
+        repo("fixtures/dicom/demo").to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    assert!(result.status.success(), "{name}: {stdout}{}", common::stderr(&result));
+    let files = files_under(&output);
+    let manifest = files
+        .iter()
+        .find(|p| p.ends_with("manifest.jsonl"))
+        .expect("manifest.jsonl");
+    let entries: Vec<serde_json::Value> = std::fs::read_to_string(manifest)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let previews = files.iter().filter(|p| p.ends_with("preview.png")).count();
+    (serde_json::json!({ "previews": previews }), entries, stdout)
+}
+
+fn count(entries: &[serde_json::Value], kind: &str) -> usize {
+    entries.iter().filter(|e| e["kind"] == kind).count()
+}
+
+const SLICES: usize = 48;
+
+#[test]
+fn deid_only_forwards_without_synthesis() {
+    let (_, entries, stdout) = run("deid-only");
+    assert_eq!(count(&entries, "source"), SLICES, "{stdout}");
+    assert_eq!(count(&entries, "synthetic"), 0);
+    assert!(stdout.contains("provider    none"), "{stdout}");
+}
+
+#[test]
+fn brain_mri_inpaint_writes_a_synthetic_series_seg_and_preview() {
+    let (extra, entries, stdout) = run("brain-mri-inpaint");
+    assert_eq!(count(&entries, "synthetic"), SLICES, "{stdout}");
+    assert_eq!(count(&entries, "seg"), 1);
+    assert_eq!(extra["previews"], 1);
+    let inpainted: u64 = entries.iter().filter_map(|e| e["mask_voxels"].as_u64()).sum();
+    assert!(inpainted > 0);
+}
+
+#[test]
+fn brain_lesion_from_seg_inpaints_exactly_the_lesion() {
+    let (_, entries, stdout) = run("brain-lesion-from-seg");
+    assert_eq!(count(&entries, "synthetic"), SLICES, "{stdout}");
+    let inpainted: u64 = entries
+        .iter()
+        .filter(|e| e["kind"] == "synthetic")
+        .filter_map(|e| e["mask_voxels"].as_u64())
+        .sum();
+    assert_eq!(
+        inpainted, 587,
+        "the lesion segment of fixtures/dicom/demo/SEG000001.dcm"
+    );
+}
+
+#[test]
+fn overnight_dataset_writes_every_variant() {
+    let (_, entries, stdout) = run("overnight-dataset");
+    assert_eq!(count(&entries, "synthetic"), 2 * SLICES, "{stdout}");
+    assert_eq!(count(&entries, "seg"), 2);
+    let variants: std::collections::BTreeSet<u64> = entries.iter().filter_map(|e| e["variant"].as_u64()).collect();
+    assert_eq!(variants.into_iter().collect::<Vec<_>>(), [0, 1]);
+}
