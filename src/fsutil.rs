@@ -24,32 +24,16 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Writes `bytes` to `path` durably with `mode`: temp name in the same
 /// folder, fsync, rename, fsync of the folder. Replaces an existing file.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let temp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::set_permissions(&temp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&temp, path)?;
-    fsync_dir(dir)
+    write_via_temp(path, bytes, mode, true)
 }
 
 /// Like [`write_atomic`] without the fsyncs, for batch tools that make a
 /// whole run durable at once with [`sync_filesystem`] before they report.
 pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_via_temp(path, bytes, mode, false)
+}
+
+fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -66,9 +50,16 @@ pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&temp)?;
         file.write_all(bytes)?;
+        if durable {
+            file.sync_all()?;
+        }
     }
     fs::set_permissions(&temp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&temp, path)
+    fs::rename(&temp, path)?;
+    if durable {
+        fsync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Flushes the whole file system holding `path` (syncfs(2)): one call makes

@@ -113,6 +113,30 @@ pub fn write_reason(dir: &Path, rejection: &Rejection, stage: Stage, file: Optio
     Ok(path)
 }
 
+/// Quarantines a file a batch command could not handle: a copy as
+/// `dir/q-<keyed hash of its path>/input.dcm` beside `reason.json`. The
+/// input's own name may carry PHI, so it is not used.
+pub fn quarantine_copy(
+    key: &crate::keyfile::SiteKey,
+    path: &Path,
+    quarantine_dir: &Path,
+    rejection: &Rejection,
+    stage: Stage,
+) -> std::io::Result<PathBuf> {
+    let digest = crate::phi::keyed_digest(key, "synthd/quarantine", &[path.as_os_str().as_encoded_bytes()]);
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = quarantine_dir.join(format!("q-{name}"));
+    fsutil::create_private_dir(&dir)?;
+    if std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_file())
+        .unwrap_or(false)
+    {
+        fsutil::write_atomic(&dir.join("input.dcm"), &std::fs::read(path)?, 0o640)?;
+    }
+    write_reason(&dir, rejection, stage, Some("input.dcm"))?;
+    Ok(dir)
+}
+
 pub fn read_reason(dir: &Path) -> std::io::Result<Reason> {
     let bytes = std::fs::read(dir.join("reason.json"))?;
     serde_json::from_slice(&bytes).map_err(std::io::Error::other)

@@ -6,7 +6,6 @@ use crate::config::pipeline::{DeidProfile, LoadedPipeline};
 use crate::deid::{DeidOption, Deidentifier};
 use crate::fsutil;
 use crate::keyfile::SiteKey;
-use crate::phi::keyed_digest;
 use crate::quarantine::{self, ReasonCode, Rejection, Stage};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -268,23 +267,9 @@ fn process(
     }
 }
 
-/// Copies the input into `quarantine/q-<keyed hash of its path>/input.dcm`
-/// beside a `reason.json`; the input's own name may carry PHI, so it is not used.
 fn quarantine(key: &SiteKey, path: &Path, quarantine_dir: &Path, rejection: &Rejection) -> Result<Outcome> {
-    let digest = keyed_digest(key, "synthd/quarantine", &[path.as_os_str().as_encoded_bytes()]);
-    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let dir = quarantine_dir.join(format!("q-{name}"));
-    fsutil::create_private_dir(&dir).with_context(|| format!("deid: cannot create {}", dir.display()))?;
-    if std::fs::symlink_metadata(path)
-        .map(|m| m.file_type().is_file())
-        .unwrap_or(false)
-    {
-        let bytes = std::fs::read(path).with_context(|| format!("deid: cannot read {}", path.display()))?;
-        fsutil::write_atomic(&dir.join("input.dcm"), &bytes, 0o640)
-            .with_context(|| format!("deid: cannot write into {}", dir.display()))?;
-    }
-    quarantine::write_reason(&dir, rejection, Stage::Deid, Some("input.dcm"))
-        .with_context(|| format!("deid: cannot write the reason into {}", dir.display()))?;
+    quarantine::quarantine_copy(key, path, quarantine_dir, rejection, Stage::Deid)
+        .with_context(|| format!("deid: cannot quarantine into {}", quarantine_dir.display()))?;
     Ok(Outcome::Quarantined(rejection.code))
 }
 

@@ -212,13 +212,8 @@ fn quarantine_file(
     quarantine_dir: &Path,
     rejection: &crate::quarantine::Rejection,
 ) -> Result<()> {
-    let digest = crate::phi::keyed_digest(key, "synthd/quarantine", &[path.as_os_str().as_encoded_bytes()]);
-    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let dir = quarantine_dir.join(format!("q-{name}"));
-    fsutil::create_private_dir(&dir).with_context(|| format!("process: cannot create {}", dir.display()))?;
-    let bytes = std::fs::read(path).with_context(|| format!("process: cannot read {}", path.display()))?;
-    fsutil::write_atomic(&dir.join("input.dcm"), &bytes, 0o640).context("process: quarantine copy")?;
-    quarantine::write_reason(&dir, rejection, Stage::Deid, Some("input.dcm")).context("process: quarantine reason")?;
+    quarantine::quarantine_copy(key, path, quarantine_dir, rejection, Stage::Deid)
+        .with_context(|| format!("process: cannot quarantine into {}", quarantine_dir.display()))?;
     tracing::warn!(stage = "deid", reason = %rejection.code, "quarantined an input");
     Ok(())
 }

@@ -47,3 +47,19 @@ pub fn encode(object: &dicom_object::DefaultDicomObject) -> Result<Vec<u8>, Outp
         .map_err(|e| OutputError::Encode(e.to_string()))?;
     Ok(bytes)
 }
+
+/// File meta for an object synthd writes: Explicit VR Little Endian, synthd's
+/// implementation class.
+pub(crate) fn file_meta(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+) -> Result<dicom_object::FileMetaTable, OutputError> {
+    dicom_object::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class_uid)
+        .media_storage_sop_instance_uid(sop_instance_uid)
+        .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(implementation_version_name())
+        .build()
+        .map_err(|e| OutputError::Encode(e.to_string()))
+}

@@ -7,7 +7,7 @@ use super::OutputError;
 use crate::keyfile::SiteKey;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
-use dicom_dictionary_std::{tags, uids};
+use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
 pub const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
@@ -342,13 +342,6 @@ pub fn build_seg(
         PrimitiveValue::U8(bits.into()),
     ));
 
-    let meta = dicom_object::FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(SEGMENTATION_STORAGE)
-        .media_storage_sop_instance_uid(sop_uid.as_str())
-        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .implementation_class_uid(super::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(super::implementation_version_name())
-        .build()
-        .map_err(|e| OutputError::Encode(e.to_string()))?;
+    let meta = super::file_meta(SEGMENTATION_STORAGE, sop_uid.as_str())?;
     Ok(Some(seg.with_exact_meta(meta)))
 }

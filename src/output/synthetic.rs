@@ -8,7 +8,7 @@ use super::OutputError;
 use crate::keyfile::SiteKey;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
-use dicom_dictionary_std::{tags, uids};
+use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
 /// The private block that carries synthd's own provenance.
@@ -220,14 +220,7 @@ pub fn build_instance(
         pixels::pixel_data_value(&format, stored),
     ));
 
-    let meta = dicom_object::FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(source_sop_class.as_str())
-        .media_storage_sop_instance_uid(sop_uid.as_str())
-        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .implementation_class_uid(super::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(super::implementation_version_name())
-        .build()
-        .map_err(|e| OutputError::Encode(e.to_string()))?;
+    let meta = super::file_meta(source_sop_class.as_str(), sop_uid.as_str())?;
     Ok(object.with_exact_meta(meta))
 }
 
