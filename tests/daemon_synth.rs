@@ -44,9 +44,13 @@ fn the_daemon_synthesizes_the_demo_study_like_process_does() {
         .unwrap()
         .replace("stable_age = \"60s\"", "stable_age = \"1s\"")
         .replace("rescan_interval = \"30s\"", "rescan_interval = \"300ms\"")
-        .replace("settle = \"2s\"", "settle = \"200ms\"");
+        .replace("settle = \"2s\"", "settle = \"200ms\"")
+        .replace("/pipelines/deid-only.toml\"]", "/pipelines\"]");
     std::fs::write(&config, text).unwrap();
-    std::fs::remove_file(site.join("pipelines/deid-only.toml")).unwrap();
+    // Only the test's pipeline: `init` also installs the example pipelines.
+    for entry in std::fs::read_dir(site.join("pipelines")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
     let pipeline = site.join("pipelines/tiny-seg.toml");
     std::fs::write(
         &pipeline,
