@@ -115,3 +115,34 @@ fn sighup_with_a_broken_config_keeps_the_running_one() {
     assert!(log.contains("no_such_key"), "the refusal says which key: {log}");
     assert_no_phi(&log);
 }
+
+#[test]
+fn a_late_instance_starts_a_follow_up_job_in_the_same_deidentified_study() {
+    let layout = Layout::new();
+    let daemon = layout.start(&[]);
+    let inbox = layout.path("inbox");
+    for instance in 1..=2 {
+        fs::write(inbox.join(format!("{instance}.dcm")), mr_bytes(40, 1, instance)).unwrap();
+    }
+    wait_until(Duration::from_secs(10), "first job written", || {
+        files_under(&layout.path("outbox")).len() == 2
+    });
+    // A folder moved in at once (one rename): its files raise no events of their own.
+    let staging = layout.dir.path().join("late");
+    fs::create_dir_all(&staging).unwrap();
+    fs::write(staging.join("3.dcm"), mr_bytes(40, 1, 3)).unwrap();
+    fs::rename(&staging, inbox.join("late")).unwrap();
+    wait_until(Duration::from_secs(10), "follow-up job written", || {
+        files_under(&layout.path("outbox")).len() == 3
+    });
+    let studies: Vec<_> = fs::read_dir(layout.path("outbox")).unwrap().flatten().collect();
+    assert_eq!(
+        studies.len(),
+        1,
+        "keyed UIDs put the late instance in the same de-identified study"
+    );
+    let status = layout.status();
+    assert_eq!(count(&status, "jobs", "done"), 2, "{status}");
+    assert!(daemon.stop().success());
+    assert_no_phi(&layout.log());
+}

@@ -329,11 +329,17 @@ impl<E: Engine> Daemon<E> {
 
     fn drain_events(&mut self, events: &std::sync::mpsc::Receiver<notify::Result<notify::Event>>) {
         use notify::event::{EventKind, ModifyKind, RenameMode};
-        while let Ok(event) = events.try_recv() {
+        // Bounded per turn, so a flood of events cannot starve the rest of the loop.
+        for _ in 0..10_000 {
+            let Ok(event) = events.try_recv() else { break };
             let Ok(event) = event else {
                 // Dropped events (queue overflow) are caught by the next rescan.
                 continue;
             };
+            // Opens and reads (ours included: scanning a folder opens it) change nothing.
+            if matches!(event.kind, EventKind::Access(_)) {
+                continue;
+            }
             let renamed_in = matches!(
                 event.kind,
                 EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
@@ -343,9 +349,19 @@ impl<E: Engine> Daemon<E> {
                 self.settler.renamed_in(path);
             }
             for path in event.paths {
-                if path.starts_with(&self.config.paths.inbox) {
-                    self.pending.insert(path);
+                if !path.starts_with(&self.config.paths.inbox) {
+                    continue;
                 }
+                // A folder moved in brings files that raised no events of their own.
+                let is_folder = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                if is_folder {
+                    for entry in crate::ingest::scan_inbox(&path).unwrap_or_default() {
+                        if let crate::ingest::Entry::File(candidate) = entry {
+                            self.pending.insert(candidate.path);
+                        }
+                    }
+                }
+                self.pending.insert(path);
             }
         }
     }
