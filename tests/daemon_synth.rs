@@ -110,18 +110,7 @@ fn the_daemon_synthesizes_the_demo_study_like_process_does() {
     }
 
     let processed = dir.path().join("processed");
-    let result = synthd(&[
-        "process",
-        "--pipeline",
-        pipeline.to_str().unwrap(),
-        "--input",
-        repo("fixtures/dicom/demo").to_str().unwrap(),
-        "--output",
-        processed.to_str().unwrap(),
-        "--key-file",
-        site.join("synthd.key").to_str().unwrap(),
-    ]);
-    assert!(result.status.success(), "{}", common::stderr(&result));
+    common::process_demo(&pipeline, &processed, &site.join("synthd.key"));
     assert_eq!(
         dicom_files(&processed),
         from_daemon,

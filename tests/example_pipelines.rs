@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{files_under, key, repo, synthd};
+use common::{files_under, key, repo};
 use std::path::Path;
 
 /// The shipped pipeline with fewer steps and variants, its model path made absolute.
@@ -36,19 +36,7 @@ fn run(name: &str) -> (serde_json::Value, Vec<serde_json::Value>, String) {
     let key = key(dir.path(), "site.key");
     let pipeline = quick_copy(name, dir.path());
     let output = dir.path().join("out");
-    let result = synthd(&[
-        "process",
-        "--pipeline",
-        pipeline.to_str().unwrap(),
-        "--input",
-        repo("fixtures/dicom/demo").to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
-    assert!(result.status.success(), "{name}: {stdout}{}", common::stderr(&result));
+    let stdout = common::process_demo(&pipeline, &output, &key);
     let files = files_under(&output);
     let manifest = files
         .iter()

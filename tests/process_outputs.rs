@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{files_under, key, python, repo, synthd};
+use common::{files_under, key, python, repo};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -43,20 +43,7 @@ csv = true
 }
 
 fn process(pipeline: &Path, output: &Path, key: &Path) -> String {
-    let result = synthd(&[
-        "process",
-        "--pipeline",
-        pipeline.to_str().unwrap(),
-        "--input",
-        repo("fixtures/dicom/demo").to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
-    assert_eq!(result.status.code(), Some(0), "{stdout}{}", common::stderr(&result));
-    stdout
+    common::process_demo(pipeline, output, key)
 }
 
 fn manifest(output: &Path) -> Vec<serde_json::Value> {

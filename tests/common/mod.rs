@@ -65,3 +65,22 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// `synthd process` of the demo study with `pipeline` into `output`; asserts
+/// success and returns stdout.
+pub fn process_demo(pipeline: &Path, output: &Path, key: &Path) -> String {
+    let result = synthd(&[
+        "process",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--input",
+        repo("fixtures/dicom/demo").to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    assert_eq!(result.status.code(), Some(0), "{stdout}{}", stderr(&result));
+    stdout
+}
