@@ -15,8 +15,21 @@ use std::time::Instant;
 const UNKNOWN_STUDY: &str = "st-unknown";
 
 impl<E: Engine> Daemon<E> {
-    /// Looks at every pending path once; takes those that have settled.
+    /// Looks at every pending path once; takes those that have settled. The
+    /// round's `received` records share one ledger transaction: nothing
+    /// leaves the inbox on their account, so a crash before the commit only
+    /// means the files are taken again at the next start.
     pub(super) fn intake(&mut self) -> Result<(), DaemonError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.ledger.begin_batch()?;
+        let taken = self.intake_pending();
+        self.ledger.commit_batch()?;
+        taken
+    }
+
+    fn intake_pending(&mut self) -> Result<(), DaemonError> {
         let settle = self.config.raw.ingest.settle.as_duration();
         let mut paths: Vec<PathBuf> = self.pending.drain().collect();
         paths.sort();
@@ -60,8 +73,8 @@ impl<E: Engine> Daemon<E> {
 
     /// Reads one settled file without following links and records its outcome.
     fn take(&mut self, path: &Path) -> Result<(), DaemonError> {
-        let bytes = match read_no_follow(path) {
-            Ok(bytes) => bytes,
+        let (bytes, arrived) = match read_no_follow(path) {
+            Ok(read) => read,
             Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
                 let rejection = Rejection::new(ReasonCode::NotARegularFile, "the inbox entry became a symlink");
                 return self.quarantine_at_intake(path, None, &rejection);
@@ -95,6 +108,7 @@ impl<E: Engine> Daemon<E> {
             content_digest: &header.content_digest,
             inbox_path: path,
             pipeline: pipeline.as_deref(),
+            arrived,
         };
         if let Some(existing) = self.ledger.live_with_sop(&sop_digest)? {
             if existing.state == InstanceState::Received && existing.inbox_path == path {
@@ -117,6 +131,8 @@ impl<E: Engine> Daemon<E> {
             }
             if existing.content_digest == header.content_digest {
                 self.ledger.insert_duplicate(&new)?;
+                // The record must be durable before the file goes.
+                self.ledger.commit_batch()?;
                 remove_durably(path).map_err(|source| DaemonError::Io {
                     stage: "ingest",
                     path: self.config.paths.inbox.clone(),
@@ -156,6 +172,7 @@ impl<E: Engine> Daemon<E> {
             content_digest: digest.unwrap_or(""),
             inbox_path: path,
             pipeline: None,
+            arrived: crate::ledger::now(),
         };
         self.quarantine_new(&new, rejection)
     }
@@ -171,17 +188,25 @@ impl<E: Engine> Daemon<E> {
 }
 
 /// Reads a file refusing symlinks (O_NOFOLLOW) and anything not regular.
-fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+/// Also returns when the file landed in the inbox: its ctime, which a
+/// rename into the inbox or the last write sets, so `stable_age` counts
+/// from the real arrival however late synthd looks (a rescan of an NFS
+/// inbox, a backlog). A ctime in the future (a file server's clock ahead of
+/// ours) counts as now.
+fn read_no_follow(path: &Path) -> std::io::Result<(Vec<u8>, f64)> {
+    use std::os::unix::fs::MetadataExt;
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
         return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
     }
-    let mut bytes = Vec::new();
+    let changed = metadata.ctime() as f64 + metadata.ctime_nsec() as f64 * 1e-9;
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
     file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+    Ok((bytes, changed.min(crate::ledger::now())))
 }
 
 fn sha_of(bytes: &[u8]) -> [u8; 32] {

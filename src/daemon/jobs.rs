@@ -2,7 +2,7 @@
 //! instances to the stages, recording outcomes, moving originals and
 //! quarantined inputs, and resuming all of it after a restart.
 
-use super::workers::{self, DeidTask, OutcomeKind};
+use super::workers::{self, DeidTask, OutcomeKind, WrittenOutput};
 use super::{Daemon, DaemonError, Engine, Progress};
 use crate::fsutil;
 use crate::ledger::{self, Instance, InstanceState, Job, JobState};
@@ -11,6 +11,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Outputs flushed together at most: bounds the work a crash repeats.
+const FLUSH_BATCH: usize = 256;
+/// The longest an output waits for its flush (and its ledger record).
+pub(super) const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 impl<E: Engine> Daemon<E> {
     fn work_dir(&self, job: i64) -> PathBuf {
@@ -30,6 +35,7 @@ impl<E: Engine> Daemon<E> {
     /// marked by a `.ready` file in its folder once that folder has settled.
     pub(super) fn claim_complete_studies(&mut self) -> Result<(), DaemonError> {
         // Back-pressure: a full deid queue stops claiming, files stay in the inbox.
+        self.next_claim_due = None;
         if !self.dispatch.is_empty() {
             return Ok(());
         }
@@ -40,6 +46,7 @@ impl<E: Engine> Daemon<E> {
             studies.entry(instance.study_key.clone()).or_default().push(instance);
         }
         let mut used_markers: HashSet<PathBuf> = HashSet::new();
+        let mut due: Vec<(String, Vec<Instance>)> = Vec::new();
         for (study, instances) in studies {
             let newest = instances.iter().map(|i| i.arrived).fold(0.0, f64::max);
             let folders: HashSet<&Path> = instances.iter().filter_map(|i| i.inbox_path.parent()).collect();
@@ -50,15 +57,14 @@ impl<E: Engine> Daemon<E> {
                 .flatten()
                 .collect();
             if now - newest < stable && marked.is_empty() {
+                let due = newest + stable;
+                self.next_claim_due = Some(self.next_claim_due.map_or(due, |d| d.min(due)));
                 continue;
             }
             used_markers.extend(marked.into_iter().cloned());
-            let ids: Vec<i64> = instances.iter().map(|i| i.id).collect();
-            self.claim(&study, &ids)?;
-            if self.pause.is_some() {
-                break;
-            }
+            due.push((study, instances));
         }
+        self.claim(due)?;
         for marker in used_markers {
             // The marker has done its job; a crash before this only repeats an empty claim.
             if std::fs::remove_file(&marker).is_ok() {
@@ -71,30 +77,69 @@ impl<E: Engine> Daemon<E> {
         Ok(())
     }
 
-    fn claim(&mut self, study: &str, ids: &[i64]) -> Result<(), DaemonError> {
-        let job = self.ledger.begin_claim(study, ids)?;
-        for id in ids {
-            if let Some(instance) = self.ledger.instance(*id)? {
-                self.recorded.remove(&instance.inbox_path);
-            }
+    /// Claims complete studies together: one ledger transaction records
+    /// them as claiming, their files are renamed into their work folders,
+    /// the folders involved are fsynced (the first fsync commits the file
+    /// system's journal for all of them), and one transaction records them
+    /// as claimed. Claiming study by study made a burst of small studies crawl.
+    fn claim(&mut self, due: Vec<(String, Vec<Instance>)>) -> Result<(), DaemonError> {
+        if due.is_empty() {
+            return Ok(());
         }
-        if self.move_into_work(job)? {
-            self.ledger.set_job_state(job, JobState::Claimed)?;
-            tracing::info!(target: "daemon", study = %study, job = %ledger::job_name(job), instances = ids.len(), "study claimed");
+        let claims: Vec<(&str, Vec<i64>)> = due
+            .iter()
+            .map(|(study, instances)| (study.as_str(), instances.iter().map(|i| i.id).collect()))
+            .collect();
+        let jobs = self.ledger.begin_claims(&claims)?;
+        for instance in due.iter().flat_map(|(_, instances)| instances) {
+            self.recorded.remove(&instance.inbox_path);
+        }
+        let mut moved = Vec::with_capacity(jobs.len());
+        let mut touched = HashSet::from([self.config.paths.work.clone()]);
+        for &job in &jobs {
+            if !self.move_into_work_unsynced(job, &mut touched)? {
+                break;
+            }
+            moved.push(job);
+        }
+        if moved.is_empty() || !self.sync_dirs("claim", &touched) {
+            return Ok(());
+        }
+        self.ledger.set_jobs_state(&moved, JobState::Claimed)?;
+        for (job, (study, instances)) in moved.into_iter().zip(&due) {
+            tracing::info!(target: "daemon", study = %study, job = %ledger::job_name(job), instances = instances.len(), "study claimed");
             self.start_job(job)?;
         }
         Ok(())
     }
 
-    /// Moves a claiming job's inputs from the inbox into its work folder
-    /// (0750, files 0640). False when an environment fault stopped it.
+    /// [`Self::move_into_work_unsynced`], then made durable.
     fn move_into_work(&mut self, job: i64) -> Result<bool, DaemonError> {
+        let mut touched = HashSet::from([self.config.paths.work.clone()]);
+        Ok(self.move_into_work_unsynced(job, &mut touched)? && self.sync_dirs("claim", &touched))
+    }
+
+    /// Fsyncs folders whose entries changed; false (and paused) on a fault.
+    fn sync_dirs(&mut self, stage: &str, dirs: &HashSet<PathBuf>) -> bool {
+        match dirs.iter().try_for_each(|dir| fsutil::fsync_dir(dir)) {
+            Ok(()) => true,
+            Err(error) => {
+                self.io_fault(stage, &error);
+                false
+            }
+        }
+    }
+
+    /// Moves a claiming job's inputs from the inbox into its work folder
+    /// (0750, files 0640), not yet durably: the folders whose entries
+    /// changed are added to `touched` for the caller to fsync. False when an
+    /// environment fault stopped it.
+    fn move_into_work_unsynced(&mut self, job: i64, touched: &mut HashSet<PathBuf>) -> Result<bool, DaemonError> {
         let dir = self.work_dir(job);
-        if let Err(error) = fsutil::create_private_dir(&dir).and_then(|()| fsutil::fsync_dir(&self.config.paths.work)) {
+        if let Err(error) = fsutil::create_private_dir(&dir) {
             self.io_fault("claim", &error);
             return Ok(false);
         }
-        let mut source_dirs: HashSet<PathBuf> = HashSet::new();
         for instance in self.ledger.instances_of(job)? {
             if instance.state != InstanceState::Claimed {
                 continue;
@@ -107,7 +152,7 @@ impl<E: Engine> Daemon<E> {
                 Ok(()) => {
                     let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640));
                     if let Some(parent) = instance.inbox_path.parent() {
-                        source_dirs.insert(parent.to_path_buf());
+                        touched.insert(parent.to_path_buf());
                     }
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -121,12 +166,7 @@ impl<E: Engine> Daemon<E> {
                 }
             }
         }
-        let synced =
-            fsutil::fsync_dir(&dir).and_then(|()| source_dirs.iter().try_for_each(|folder| fsutil::fsync_dir(folder)));
-        if let Err(error) = synced {
-            self.io_fault("claim", &error);
-            return Ok(false);
-        }
+        touched.insert(dir);
         Ok(true)
     }
 
@@ -196,20 +236,94 @@ impl<E: Engine> Daemon<E> {
         }
     }
 
-    /// Records what the stages report, waiting up to `wait` for the first report.
+    /// Records what the stages report, waiting up to `wait` for the first
+    /// report, then hands written outputs to the flush stage when a batch is due.
     pub(super) fn drain_outcomes(&mut self, wait: Duration) -> Result<(), DaemonError> {
         let first = if wait.is_zero() {
             self.outcome_rx.try_recv().ok()
         } else {
             self.outcome_rx.recv_timeout(wait).ok()
         };
-        let Some(first) = first else { return Ok(()) };
-        let mut outcome = Some(first);
+        let mut outcome = first;
         while let Some(current) = outcome {
             self.record(current.job, current.instance, current.kind)?;
             outcome = self.outcome_rx.try_recv().ok();
         }
+        if !self.deidentified_jobs.is_empty() {
+            // Informational (resuming treats claimed and deidentified alike),
+            // so one transaction per round rather than one per job.
+            let jobs = std::mem::take(&mut self.deidentified_jobs);
+            self.ledger.set_jobs_state(&jobs, JobState::Deidentified)?;
+        }
+        self.flush_written(false)?;
+        self.finish_jobs()?;
+        self.push_dispatch();
         Ok(())
+    }
+
+    /// Sends the written outputs to the flush stage when due: a full batch,
+    /// the oldest waiting `FLUSH_AFTER`, a job's last outputs, or `force`;
+    /// one flush at a time. Batching turns two fsyncs per file into one
+    /// syncfs per batch. With `force` and no flush stage (shutting down),
+    /// flushes here.
+    pub(super) fn flush_written(&mut self, force: bool) -> Result<(), DaemonError> {
+        if self.unflushed.is_empty() || self.flush_in_flight {
+            return Ok(());
+        }
+        let due = force
+            || self.unflushed.len() >= FLUSH_BATCH
+            || self.unflushed_since.is_some_and(|since| since.elapsed() >= FLUSH_AFTER)
+            || self.completes_a_job();
+        if !due {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.unflushed);
+        self.unflushed_since = None;
+        match &self.flush_tx {
+            Some(tx) => match tx.send(batch) {
+                Ok(()) => self.flush_in_flight = true,
+                Err(crossbeam_channel::SendError(batch)) => self.unflushed = batch,
+            },
+            None => {
+                let kind = match fsutil::sync_filesystem(&self.config.paths.outbox) {
+                    Ok(()) => OutcomeKind::Flushed(batch),
+                    Err(error) => OutcomeKind::FlushFailed(batch, format!("flushing the outbox failed: {error}")),
+                };
+                self.record(0, 0, kind)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a durable batch of outputs in one ledger transaction.
+    fn record_flushed(&mut self, written: Vec<WrittenOutput>) -> Result<(), DaemonError> {
+        let batch: Vec<(i64, PathBuf)> = written.iter().map(|w| (w.instance, w.relative.clone())).collect();
+        self.ledger.set_instances_written(&batch)?;
+        self.counters.instances_written += written.len() as u64;
+        let mut jobs: Vec<i64> = Vec::new();
+        for output in &written {
+            if let Some(progress) = self.jobs.get_mut(&output.job) {
+                progress.remaining.remove(&output.instance);
+            }
+            if !jobs.contains(&output.job) {
+                jobs.push(output.job);
+            }
+        }
+        for job in jobs {
+            self.check_finished(job)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the unflushed outputs include the last ones some job waits for.
+    fn completes_a_job(&self) -> bool {
+        let mut per_job: HashMap<i64, usize> = HashMap::new();
+        for output in &self.unflushed {
+            *per_job.entry(output.job).or_default() += 1;
+        }
+        per_job
+            .iter()
+            .any(|(job, count)| self.jobs.get(job).is_none_or(|p| p.remaining.len() <= *count))
     }
 
     fn record(&mut self, job: i64, instance: i64, kind: OutcomeKind) -> Result<(), DaemonError> {
@@ -254,16 +368,27 @@ impl<E: Engine> Daemon<E> {
                     progress.deidentified == progress.tasks
                 });
                 if all {
-                    self.ledger.set_job_state(job, JobState::Deidentified)?;
+                    // Recorded with the round's other reports (see drain_outcomes).
+                    self.deidentified_jobs.push(job);
                 }
             }
             OutcomeKind::Written(relative) => {
-                self.ledger.set_instance_written(instance, &relative)?;
-                self.counters.instances_written += 1;
-                if let Some(progress) = self.jobs.get_mut(&job) {
-                    progress.remaining.remove(&instance);
-                }
-                self.check_finished(job)?;
+                self.unflushed_since.get_or_insert_with(Instant::now);
+                self.unflushed.push(WrittenOutput {
+                    job,
+                    instance,
+                    relative,
+                });
+            }
+            OutcomeKind::Flushed(written) => {
+                self.flush_in_flight = false;
+                self.record_flushed(written)?;
+            }
+            OutcomeKind::FlushFailed(written, reason) => {
+                // Not durable, so not recorded: the instances are written again.
+                self.flush_in_flight = false;
+                self.retry.extend(written.iter().map(|w| (w.job, w.instance)));
+                self.pause_for(reason);
             }
             OutcomeKind::Rejected(stage, rejection) => {
                 if let Some(record) = self.ledger.instance(instance)? {
@@ -337,29 +462,55 @@ impl<E: Engine> Daemon<E> {
             .is_some_and(|p| p.remaining.is_empty() && p.synthesizing.is_empty())
         {
             if let Some(progress) = self.jobs.remove(&job) {
-                self.ledger.set_job_state(job, JobState::Written)?;
-                if self.move_originals(job)? {
-                    self.ledger.set_job_state(job, JobState::Done)?;
-                    self.counters.studies_done += 1;
-                    tracing::info!(
-                        target: "daemon",
-                        study = %progress.study_key,
-                        job = %ledger::job_name(job),
-                        instances = progress.total,
-                        quarantined = progress.quarantined,
-                        duration_ms = progress.started.elapsed().as_millis() as u64,
-                        outcome = if progress.quarantined == 0 { "done" } else { "done-with-quarantines" },
-                        "study finished"
-                    );
-                }
+                self.finishing.push((job, progress));
             }
         }
         Ok(())
     }
 
+    /// Finishes the jobs whose outputs are all durable, together: one
+    /// transaction records them written, their originals are archived or
+    /// deleted, two folder fsyncs make that durable, one transaction records
+    /// them done.
+    pub(super) fn finish_jobs(&mut self) -> Result<(), DaemonError> {
+        if self.finishing.is_empty() {
+            return Ok(());
+        }
+        let finishing = std::mem::take(&mut self.finishing);
+        let ids: Vec<i64> = finishing.iter().map(|(job, _)| *job).collect();
+        self.ledger.set_jobs_state(&ids, JobState::Written)?;
+        let mut moved = Vec::with_capacity(finishing.len());
+        for (job, progress) in finishing {
+            // A job left in Written by a fault is finished by `resume_moves`.
+            if !self.move_originals_unsynced(job)? {
+                break;
+            }
+            moved.push((job, progress));
+        }
+        if moved.is_empty() || !self.sync_dirs("originals", &self.originals_dirs()) {
+            return Ok(());
+        }
+        let ids: Vec<i64> = moved.iter().map(|(job, _)| *job).collect();
+        self.ledger.set_jobs_state(&ids, JobState::Done)?;
+        for (job, progress) in moved {
+            self.counters.studies_done += 1;
+            tracing::info!(
+                target: "daemon",
+                study = %progress.study_key,
+                job = %ledger::job_name(job),
+                instances = progress.total,
+                quarantined = progress.quarantined,
+                duration_ms = progress.started.elapsed().as_millis() as u64,
+                outcome = if progress.quarantined == 0 { "done" } else { "done-with-quarantines" },
+                "study finished"
+            );
+        }
+        Ok(())
+    }
+
     /// Archives or deletes a finished job's originals (the whole work folder,
-    /// one rename). False when an environment fault stopped it.
-    fn move_originals(&mut self, job: i64) -> Result<bool, DaemonError> {
+    /// one rename), not yet durably. False when an environment fault stopped it.
+    fn move_originals_unsynced(&mut self, job: i64) -> Result<bool, DaemonError> {
         let dir = self.work_dir(job);
         if !dir.exists() {
             return Ok(true);
@@ -368,12 +519,10 @@ impl<E: Engine> Daemon<E> {
             crate::config::OriginalsPolicy::Archive => {
                 let target = self.config.paths.archive.join(ledger::job_name(job));
                 fsutil::create_private_dir(&self.config.paths.archive)
-                    .and_then(|()| fsutil::rename_durable(&dir, &target))
+                    .and_then(|()| std::fs::rename(&dir, &target))
                     .and_then(|()| std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o750)))
             }
-            crate::config::OriginalsPolicy::Delete => {
-                std::fs::remove_dir_all(&dir).and_then(|()| fsutil::fsync_dir(&self.config.paths.work))
-            }
+            crate::config::OriginalsPolicy::Delete => std::fs::remove_dir_all(&dir),
         };
         match result {
             Ok(()) => Ok(true),
@@ -382,6 +531,23 @@ impl<E: Engine> Daemon<E> {
                 Ok(false)
             }
         }
+    }
+
+    /// [`Self::move_originals_unsynced`], then made durable.
+    fn move_originals(&mut self, job: i64) -> Result<bool, DaemonError> {
+        Ok(self.move_originals_unsynced(job)? && self.sync_dirs("originals", &self.originals_dirs()))
+    }
+
+    /// The folders whose entries moving originals changes.
+    fn originals_dirs(&self) -> HashSet<PathBuf> {
+        let mut dirs = HashSet::from([self.config.paths.work.clone()]);
+        if matches!(
+            self.config.raw.daemon.originals,
+            crate::config::OriginalsPolicy::Archive
+        ) {
+            dirs.insert(self.config.paths.archive.clone());
+        }
+        dirs
     }
 
     /// Writes `reason.json`, moves the input into `paths.quarantine/<job>/`,

@@ -113,6 +113,18 @@ pub struct Daemon<E: Engine> {
     jobs: HashMap<i64, Progress>,
     dispatch: VecDeque<DeidTask<E>>,
     retry: Vec<(i64, i64)>,
+    /// Outputs in place but not yet flushed nor recorded.
+    unflushed: Vec<workers::WrittenOutput>,
+    flush_tx: Option<Sender<Vec<workers::WrittenOutput>>>,
+    /// A batch is with the flush stage; the next waits for its report.
+    flush_in_flight: bool,
+    unflushed_since: Option<Instant>,
+    /// Jobs whose outputs are all durable, to be finished together.
+    finishing: Vec<(i64, Progress)>,
+    /// Jobs whose instances were all de-identified this round.
+    deidentified_jobs: Vec<i64>,
+    /// When the next received study turns `stable_age` quiet (epoch seconds).
+    next_claim_due: Option<f64>,
     pause: Option<Pause>,
     deid_tx: Option<Sender<DeidTask<E>>>,
     synth_tx: Option<Sender<workers::SynthTask<E>>>,
@@ -168,6 +180,14 @@ impl<E: Engine> Daemon<E> {
                 workers::output_worker(rx, outbox, out)
             }));
         }
+        // One batch at a time: the coordinator waits for its report before the next.
+        let (flush_tx, flush_rx) = bounded::<Vec<workers::WrittenOutput>>(1);
+        {
+            let (out, outbox) = (outcome_tx.clone(), config.paths.outbox.clone());
+            threads.push(spawn("flush".to_string(), move || {
+                workers::flush_worker(flush_rx, outbox, out)
+            }));
+        }
         let mut daemon = Daemon {
             config,
             key,
@@ -184,6 +204,13 @@ impl<E: Engine> Daemon<E> {
             jobs: HashMap::new(),
             dispatch: VecDeque::new(),
             retry: Vec::new(),
+            unflushed: Vec::new(),
+            flush_tx: Some(flush_tx),
+            flush_in_flight: false,
+            unflushed_since: None,
+            finishing: Vec::new(),
+            deidentified_jobs: Vec::new(),
+            next_claim_due: None,
             pause: None,
             deid_tx: Some(deid_tx),
             synth_tx: Some(synth_tx),
@@ -249,7 +276,7 @@ impl<E: Engine> Daemon<E> {
             self.resume_moves()?;
             self.timers.resume = Instant::now();
         }
-        self.drain_outcomes(Duration::from_millis(50))?;
+        self.drain_outcomes(self.idle_wait())?;
         if self
             .timers
             .watchdog_every
@@ -269,6 +296,20 @@ impl<E: Engine> Daemon<E> {
         Ok(())
     }
 
+    /// How long a turn may wait for the stages: at most 50 ms, less when a
+    /// study turns complete or a batch of outputs is due to be flushed sooner.
+    fn idle_wait(&self) -> Duration {
+        let mut wait = Duration::from_millis(50);
+        if let Some(due) = self.next_claim_due {
+            wait = wait.min(Duration::from_secs_f64((due - crate::ledger::now()).max(0.0)));
+        }
+        // While a flush is out, its report wakes the loop.
+        if let (Some(since), false) = (self.unflushed_since, self.flush_in_flight) {
+            wait = wait.min(jobs::FLUSH_AFTER.saturating_sub(since.elapsed()));
+        }
+        wait
+    }
+
     /// Whether nothing is waiting, claimed or in flight (for tests and benchmarks).
     pub fn idle(&self) -> Result<bool, DaemonError> {
         Ok(self.jobs.is_empty() && self.dispatch.is_empty() && self.ledger.unfinished_jobs()?.is_empty())
@@ -286,6 +327,15 @@ impl<E: Engine> Daemon<E> {
             if self.pause.is_some() {
                 break;
             }
+        }
+        // The last outputs are flushed here, after the flush stage's report.
+        while self.flush_in_flight && Instant::now() < deadline {
+            self.drain_outcomes(Duration::from_millis(100))?;
+        }
+        self.flush_tx = None;
+        if !self.flush_in_flight {
+            self.flush_written(true)?;
+            self.finish_jobs()?;
         }
         let left = self.in_flight();
         if left == 0 {

@@ -197,6 +197,8 @@ pub struct NewInstance<'a> {
     pub content_digest: &'a str,
     pub inbox_path: &'a Path,
     pub pipeline: Option<&'a str>,
+    /// When the file landed in the inbox (seconds since the epoch).
+    pub arrived: f64,
 }
 
 pub struct Ledger {
@@ -447,7 +449,7 @@ impl Ledger {
                     new.pipeline,
                     job_id,
                     state.as_str(),
-                    now()
+                    new.arrived
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -462,6 +464,7 @@ impl Ledger {
         code: &str,
         message: &str,
     ) -> Result<(i64, i64), LedgerError> {
+        self.commit_batch()?;
         let path = self.path.clone();
         let wrap = |source| LedgerError::Sqlite {
             path: path.clone(),
@@ -504,6 +507,7 @@ impl Ledger {
         code: &str,
         message: &str,
     ) -> Result<i64, LedgerError> {
+        self.commit_batch()?;
         let path = self.path.clone();
         let wrap = |source| LedgerError::Sqlite {
             path: path.clone(),
@@ -529,6 +533,12 @@ impl Ledger {
 
     /// Creates a job for these received instances (state Claiming) and assigns them to it.
     pub fn begin_claim(&mut self, study_key: &str, instance_ids: &[i64]) -> Result<i64, LedgerError> {
+        Ok(self.begin_claims(&[(study_key, instance_ids.to_vec())])?[0])
+    }
+
+    /// [`Ledger::begin_claim`] for several studies in one transaction.
+    pub fn begin_claims(&mut self, claims: &[(&str, Vec<i64>)]) -> Result<Vec<i64>, LedgerError> {
+        self.commit_batch()?;
         let path = self.path.clone();
         let wrap = |source| LedgerError::Sqlite {
             path: path.clone(),
@@ -536,22 +546,47 @@ impl Ledger {
         };
         let tx = self.conn.transaction().map_err(wrap)?;
         let t = now();
-        tx.execute(
-            "INSERT INTO jobs (study_key, state, created, updated) VALUES (?1, 'claiming', ?2, ?2)",
-            params![study_key, t],
-        )
-        .map_err(wrap)?;
-        let job = tx.last_insert_rowid();
-        {
+        let mut jobs = Vec::with_capacity(claims.len());
+        for (study_key, instance_ids) in claims {
+            tx.execute(
+                "INSERT INTO jobs (study_key, state, created, updated) VALUES (?1, 'claiming', ?2, ?2)",
+                params![study_key, t],
+            )
+            .map_err(wrap)?;
+            let job = tx.last_insert_rowid();
             let mut stmt = tx
-                .prepare("UPDATE instances SET job_id = ?1, state = 'claimed' WHERE id = ?2 AND state = 'received'")
+                .prepare_cached(
+                    "UPDATE instances SET job_id = ?1, state = 'claimed' WHERE id = ?2 AND state = 'received'",
+                )
                 .map_err(wrap)?;
             for id in instance_ids {
                 stmt.execute(params![job, id]).map_err(wrap)?;
             }
+            jobs.push(job);
         }
         tx.commit().map_err(wrap)?;
-        Ok(job)
+        Ok(jobs)
+    }
+
+    /// Moves several jobs to `state` in one transaction.
+    pub fn set_jobs_state(&mut self, jobs: &[i64], state: JobState) -> Result<(), LedgerError> {
+        self.commit_batch()?;
+        let path = self.path.clone();
+        let wrap = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        let t = now();
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3")
+                .map_err(wrap)?;
+            for job in jobs {
+                stmt.execute(params![state.as_str(), t, job]).map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
     }
 
     pub fn set_job_state(&self, job: i64, state: JobState) -> Result<(), LedgerError> {
@@ -570,6 +605,47 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records a batch of durable outputs in one transaction: one WAL sync
+    /// for the batch instead of one per instance. The caller made the files
+    /// durable first.
+    pub fn set_instances_written(&mut self, written: &[(i64, PathBuf)]) -> Result<(), LedgerError> {
+        self.commit_batch()?;
+        let path = self.path.clone();
+        let wrap = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE instances SET state = 'written', output = ?1 WHERE id = ?2")
+                .map_err(wrap)?;
+            for (instance, output) in written {
+                stmt.execute(params![output.to_string_lossy(), instance])
+                    .map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Opens a batch: the writes that follow share one transaction (and one
+    /// WAL sync) until [`Ledger::commit_batch`]. Only for records no side
+    /// effect depends on until the batch is committed (intake's `received`).
+    pub fn begin_batch(&mut self) -> Result<(), LedgerError> {
+        if self.conn.is_autocommit() {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Commits an open batch, if any: its records are durable on return.
+    pub fn commit_batch(&mut self) -> Result<(), LedgerError> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     pub fn set_instance_state(&self, instance: i64, state: InstanceState) -> Result<(), LedgerError> {
         self.conn
             .prepare_cached("UPDATE instances SET state = ?1 WHERE id = ?2")
@@ -580,6 +656,7 @@ impl Ledger {
 
     /// Marks a quarantined job and its instances as sent back to the inbox.
     pub fn mark_requeued(&mut self, job: i64) -> Result<(), LedgerError> {
+        self.commit_batch()?;
         let path = self.path.clone();
         let wrap = |source| LedgerError::Sqlite {
             path: path.clone(),
@@ -662,6 +739,7 @@ mod tests {
             content_digest: "c1",
             inbox_path: path,
             pipeline: Some("deid-only"),
+            arrived: now(),
         }
     }
 
