@@ -182,7 +182,12 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    synthd::logging::init(cli.log_format.unwrap_or_default());
+    // --log-format wins; the daemon otherwise follows its config's [log] format.
+    let configured = match &cli.command {
+        Command::Run { config, .. } => config::peek_log_format(&config::config_path(config.as_deref())),
+        _ => None,
+    };
+    synthd::logging::init(cli.log_format.or(configured).unwrap_or_default());
     let result = match cli.command {
         Command::Init { dir } => commands::init::run(&dir),
         Command::Validate { files } => Ok(commands::validate::run(&files)),

@@ -146,3 +146,30 @@ fn a_late_instance_starts_a_follow_up_job_in_the_same_deidentified_study() {
     assert!(daemon.stop().success());
     assert_no_phi(&layout.log());
 }
+
+#[test]
+fn the_config_log_format_json_makes_every_daemon_line_json() {
+    let layout = Layout::with(&[("format = \"text\"", "format = \"json\"")]);
+    let daemon = layout.start(&[]);
+    fs::write(layout.path("inbox").join("a.dcm"), mr_bytes(9, 1, 1)).unwrap();
+    wait_until(Duration::from_secs(10), "one output", || {
+        files_under(&layout.path("outbox")).len() == 1
+    });
+    assert!(daemon.stop().success());
+    let log = layout.log();
+    let lines: Vec<&str> = log.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            event.get("timestamp").is_some() && event.get("level").is_some(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|line| line.contains("\"message\":\"serving\"")),
+        "{log}"
+    );
+    assert_no_phi(&log);
+}

@@ -233,6 +233,20 @@ pub fn config_path(explicit: Option<&Path>) -> PathBuf {
     }
 }
 
+/// The `[log] format` of a daemon config, read before logging starts so the
+/// daemon's very first lines already use it. Any problem gives `None`: the
+/// full load that follows reports it properly.
+pub fn peek_log_format(path: &Path) -> Option<LogFormat> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: toml::Table = text.parse().ok()?;
+    let format = value.get("log")?.get("format")?.as_str()?;
+    match format {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        _ => None,
+    }
+}
+
 impl Config {
     /// Reads and checks the daemon config and every pipeline it names.
     pub fn load(file: &Path) -> Result<Config, Diagnostics> {
