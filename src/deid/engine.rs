@@ -5,7 +5,7 @@
 
 use super::dates;
 use super::dummy::dummy_value;
-use super::iod;
+use super::iod::{self, AttributeType, Iod};
 use super::table::{is_repeating_group, Action, Row, Table, EDITION};
 use super::uid;
 use super::DeidOption;
@@ -181,7 +181,8 @@ impl Deidentifier {
             d: self,
             shift,
             terms: identifying_terms(&original, 3),
-            enhanced: original.get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).is_some(),
+            iod: Iod::of_sop_class(&sop_class_uid),
+            item_path: Vec::new(),
             pseudonym,
             crosswalk: BTreeMap::new(),
             kept_identifying: BTreeSet::new(),
@@ -415,7 +416,11 @@ struct Walk<'a> {
     shift: Option<i64>,
     /// Identifying strings of this instance, replaced inside cleaned text.
     terms: Vec<String>,
-    enhanced: bool,
+    /// The instance's IOD, when its SOP class is known: compound actions
+    /// follow the attribute's type in it.
+    iod: Option<Iod>,
+    /// Keywords of the sequences whose items are being walked, outermost first.
+    item_path: Vec<String>,
     pseudonym: (String, String),
     crosswalk: BTreeMap<(String, String), String>,
     /// Identifying attributes an option kept (excluded from the residual check).
@@ -540,8 +545,8 @@ impl Walk<'_> {
         let action = match row {
             Some(row) => {
                 let action = self.effective(row);
-                let known = if top {
-                    iod::attribute_type(&row.keyword, self.enhanced)
+                let known = if action.is_compound() {
+                    self.attribute_type(&row.keyword)
                 } else {
                     None
                 };
@@ -597,8 +602,21 @@ impl Walk<'_> {
         }
     }
 
+    /// The type of the attribute `keyword` at the current item path, in the
+    /// instance's IOD; `None` when either is unknown.
+    fn attribute_type(&self, keyword: &str) -> Option<AttributeType> {
+        let iod = self.iod?;
+        if self.item_path.is_empty() {
+            iod.attribute_type(keyword)
+        } else {
+            iod.attribute_type(&format!("{}>{keyword}", self.item_path.join(">")))
+        }
+    }
+
     fn sequence(&mut self, tag: Tag, items: &[InMemDicomObject]) -> InMemElement {
+        self.item_path.push(keyword_of(tag));
         let items: Vec<InMemDicomObject> = items.iter().map(|item| self.dataset(item, false)).collect();
+        self.item_path.pop();
         DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
     }
 

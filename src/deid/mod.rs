@@ -1,7 +1,7 @@
 //! De-identification per DICOM PS3.15 Annex E. Knows DICOM, knows no model.
 //!
 //! - `table`: Table E.1-1 as data (`table_e1_1.tsv`), actions and options.
-//! - `iod`: compound actions resolved by the attribute's type in the IOD.
+//! - `iod`: compound actions resolved by the attribute's type in the instance's IOD (PS3.3 as data).
 //! - `engine`: the walk over every element, sequence item and file meta.
 //! - `uid`, `dates`, `dummy`: keyed UIDs, per-patient date shift, dummy values.
 //! - `read`: Part 10 files, files without meta, raw datasets; reasons for failures.

@@ -57,6 +57,18 @@ impl Action {
         })
     }
 
+    /// Whether the standard leaves the choice to IOD conformance (E.3.1).
+    pub fn is_compound(self) -> bool {
+        matches!(
+            self,
+            Action::ZeroOrDummy
+                | Action::RemoveOrZero
+                | Action::RemoveOrDummy
+                | Action::RemoveOrZeroOrDummy
+                | Action::RemoveOrZeroOrUid
+        )
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Action::Dummy => "D",
