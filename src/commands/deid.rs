@@ -33,11 +33,35 @@ enum Outcome {
     Quarantined(ReasonCode),
 }
 
-/// Output paths already written in this run: which input wrote each, and a
-/// digest of the bytes. Two inputs that become the same instance are either
-/// identical (one is dropped) or conflicting (the one whose path sorts last
-/// is quarantined), whatever order the workers finish in.
-type Claims = std::sync::Mutex<std::collections::HashMap<PathBuf, (PathBuf, [u8; 32])>>;
+/// Output paths already written in this run and which input wrote each.
+/// Two inputs that become the same instance are either identical (one is
+/// dropped) or conflicting (the one whose path sorts last is quarantined),
+/// whatever order the workers finish in. Writes to one output path are
+/// serialised by a striped lock, so a worker comparing against an earlier
+/// output reads it whole; writes to different paths run in parallel.
+#[derive(Default)]
+struct Claims {
+    written: std::sync::Mutex<std::collections::HashMap<PathBuf, PathBuf>>,
+    stripes: [std::sync::Mutex<()>; 32],
+}
+
+impl Claims {
+    fn stripe(&self, target: &Path) -> &std::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        target.hash(&mut hasher);
+        &self.stripes[(hasher.finish() % self.stripes.len() as u64) as usize]
+    }
+}
+
+/// One worker's share of the run's results.
+#[derive(Default)]
+struct Tally {
+    duplicates: usize,
+    reasons: BTreeMap<ReasonCode, usize>,
+    crosswalk: BTreeMap<(String, String), String>,
+    error: Option<anyhow::Error>,
+}
 
 pub fn run(args: DeidArgs) -> Result<i32> {
     if args.pipeline.is_some() && !args.options.is_empty() {
@@ -86,57 +110,62 @@ pub fn run(args: DeidArgs) -> Result<i32> {
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
         .max(1);
-    let (work_tx, work_rx) = crossbeam_channel::bounded::<PathBuf>(jobs * 2);
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<Outcome>>(jobs * 2);
     let total = files.len();
+    let claims = Claims::default();
+    let want_crosswalk = args.crosswalk.is_some();
+    // Workers take the next file from a shared index: no feeder thread, no
+    // hand-offs; each keeps its own tally, merged at the end.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let tallies: Vec<Tally> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                scope.spawn(|| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let mut tally = Tally::default();
+                    while !stop.load(Relaxed) {
+                        let Some(path) = files.get(next.fetch_add(1, Relaxed)) else { break };
+                        match process(&deidentifier, &key, path, &args.output, &quarantine_dir, &claims) {
+                            Ok(Outcome::Duplicate) => tally.duplicates += 1,
+                            Ok(Outcome::Written { crosswalk }) if want_crosswalk => {
+                                for (attribute, original, replacement) in crosswalk {
+                                    tally.crosswalk.insert((attribute, original), replacement);
+                                }
+                            }
+                            Ok(Outcome::Written { .. }) => {}
+                            Ok(Outcome::Quarantined(code)) => *tally.reasons.entry(code).or_default() += 1,
+                            Err(error) => {
+                                // An environment fault (disk full, unwritable
+                                // output) would fail every file after it too.
+                                tally.error = Some(error);
+                                stop.store(true, Relaxed);
+                            }
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap_or_else(|_| Tally {
+                error: Some(anyhow::anyhow!("deid: a worker panicked")),
+                ..Tally::default()
+            }))
+            .collect()
+    });
     let mut reasons: BTreeMap<ReasonCode, usize> = BTreeMap::new();
     let mut duplicates = 0usize;
-    let claims = Claims::default();
     let mut crosswalk: BTreeMap<(String, String), String> = BTreeMap::new();
-    let mut first_error = None;
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            let work_rx = work_rx.clone();
-            let done_tx = done_tx.clone();
-            let deidentifier = &deidentifier;
-            let output = &args.output;
-            let quarantine_dir = &quarantine_dir;
-            let key = &key;
-            let claims = &claims;
-            scope.spawn(move || {
-                for path in work_rx {
-                    let outcome = process(deidentifier, key, &path, output, quarantine_dir, claims);
-                    if done_tx.send(outcome).is_err() {
-                        break;
-                    }
-                }
-            });
+    for tally in tallies {
+        if let Some(error) = tally.error {
+            return Err(error);
         }
-        drop(done_tx);
-        scope.spawn(move || {
-            for path in files {
-                if work_tx.send(path).is_err() {
-                    break;
-                }
-            }
-        });
-        for outcome in done_rx {
-            match outcome {
-                Ok(Outcome::Duplicate) => duplicates += 1,
-                Ok(Outcome::Written { crosswalk: entries }) => {
-                    for (attribute, original, replacement) in entries {
-                        crosswalk.insert((attribute, original), replacement);
-                    }
-                }
-                Ok(Outcome::Quarantined(code)) => *reasons.entry(code).or_default() += 1,
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
-            }
+        duplicates += tally.duplicates;
+        for (code, n) in tally.reasons {
+            *reasons.entry(code).or_default() += n;
         }
-    });
-    if let Some(error) = first_error {
-        return Err(error);
+        crosswalk.extend(tally.crosswalk);
     }
     fsutil::sync_filesystem(&args.output).with_context(|| format!("deid: cannot flush {}", args.output.display()))?;
     if let Some(path) = &args.crosswalk {
@@ -144,7 +173,7 @@ pub fn run(args: DeidArgs) -> Result<i32> {
             .with_context(|| format!("deid: cannot write crosswalk {}", path.display()))?;
     }
     let quarantined: usize = reasons.values().sum();
-    let written = claims.lock().map(|c| c.len()).unwrap_or(0);
+    let written = claims.written.lock().map(|c| c.len()).unwrap_or(0);
     println!(
         "de-identified {written} of {total} file(s) into {}; dropped {duplicates} identical duplicate(s); quarantined {quarantined}{}",
         args.output.display(),
@@ -222,28 +251,37 @@ fn process(
                 }
             };
             let target = output.join(deidentified.relative_path());
-            let digest: [u8; 32] = {
-                use sha2::Digest;
-                sha2::Sha256::digest(&bytes).into()
-            };
-            let mut claimed = claims.lock().map_err(|_| anyhow::anyhow!("deid: a worker panicked"))?;
-            let loser = match claimed.get(&target) {
-                Some((_, other_digest)) if *other_digest == digest => return Ok(Outcome::Duplicate),
-                Some((other_input, _)) if other_input.as_path() < path => Some(path.to_path_buf()),
-                Some((other_input, _)) => Some(other_input.clone()),
-                None => None,
-            };
+            let _writing = claims
+                .stripe(&target)
+                .lock()
+                .map_err(|_| anyhow::anyhow!("deid: a worker panicked"))?;
+            let earlier = claims
+                .written
+                .lock()
+                .map_err(|_| anyhow::anyhow!("deid: a worker panicked"))?
+                .get(&target)
+                .cloned();
             let conflict = || {
                 Rejection::new(
                     ReasonCode::ConflictingDuplicate,
                     "another input has the same SOP Instance UID with different content",
                 )
             };
-            if loser.as_deref() == Some(path) {
-                drop(claimed);
-                return quarantine(key, path, quarantine_dir, &conflict());
-            }
-            claimed.insert(target.clone(), (path.to_path_buf(), digest));
+            let loser = match earlier {
+                None => None,
+                Some(other_input) => {
+                    // Rare: compare with what the earlier input wrote, in full.
+                    let existing = std::fs::read(&target)
+                        .with_context(|| format!("deid: cannot read back {}", target.display()))?;
+                    if existing == bytes {
+                        return Ok(Outcome::Duplicate);
+                    }
+                    if other_input.as_path() < path {
+                        return quarantine(key, path, quarantine_dir, &conflict());
+                    }
+                    Some(other_input)
+                }
+            };
             if let Some(parent) = target.parent() {
                 fsutil::create_private_dir(parent)
                     .with_context(|| format!("deid: cannot create {}", parent.display()))?;
@@ -252,7 +290,12 @@ fn process(
             // would cost more than the de-identification itself.
             fsutil::write_replace(&target, &bytes, 0o640)
                 .with_context(|| format!("deid: cannot write {}", target.display()))?;
-            drop(claimed);
+            claims
+                .written
+                .lock()
+                .map_err(|_| anyhow::anyhow!("deid: a worker panicked"))?
+                .insert(target.clone(), path.to_path_buf());
+            drop(_writing);
             if let Some(replaced) = loser {
                 quarantine(key, &replaced, quarantine_dir, &conflict())?;
             }

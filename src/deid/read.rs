@@ -7,25 +7,15 @@ use crate::quarantine::{ReasonCode, Rejection};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::file::{OpenFileOptions, ReadPreamble};
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject};
-use std::io::Read;
 
 /// Retired from the standard in 2004 but still found in old archives.
 const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 use std::path::Path;
 
-/// The first bytes of a file, enough to tell its shape.
-fn head(path: &Path) -> Result<(u64, Vec<u8>), Rejection> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| Rejection::new(ReasonCode::NotDicom, format!("cannot open the file: {}", e.kind())))?;
-    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut bytes = vec![0u8; 132.min(length as usize)];
-    file.read_exact(&mut bytes).map_err(|e| {
-        Rejection::new(
-            ReasonCode::Truncated,
-            format!("cannot read the file head: {}", e.kind()),
-        )
-    })?;
-    Ok((length, bytes))
+/// The whole file, read once: every check and the parser work on these bytes.
+fn contents(path: &Path) -> Result<Vec<u8>, Rejection> {
+    std::fs::read(path)
+        .map_err(|e| Rejection::new(ReasonCode::NotDicom, format!("cannot open the file: {}", e.kind())))
 }
 
 /// Reads a whole instance.
@@ -72,14 +62,17 @@ pub fn read_header(path: &Path) -> Result<HeaderSummary, Rejection> {
 }
 
 fn read(path: &Path, until: Option<dicom_core::Tag>) -> Result<DefaultDicomObject, Rejection> {
-    let (length, head) = head(path)?;
-    if length == 0 {
+    read_bytes(&contents(path)?, until)
+}
+
+fn read_bytes(bytes: &[u8], until: Option<dicom_core::Tag>) -> Result<DefaultDicomObject, Rejection> {
+    if bytes.is_empty() {
         return Err(Rejection::new(ReasonCode::ZeroBytes, "the file is empty (0 bytes)"));
     }
-    let part10 = head.len() >= 132 && &head[128..132] == b"DICM";
-    let bare_meta = head.len() >= 4 && &head[..4] == b"DICM";
+    let part10 = bytes.len() >= 132 && &bytes[128..132] == b"DICM";
+    let bare_meta = bytes.len() >= 4 && &bytes[..4] == b"DICM";
     if part10 || bare_meta {
-        if let Some(problem) = length_problem(path, if part10 { 132 } else { 4 }) {
+        if let Some(problem) = length_problem(bytes, if part10 { 132 } else { 4 }) {
             return Err(problem);
         }
         let options = OpenFileOptions::new().read_preamble(if part10 {
@@ -91,16 +84,17 @@ fn read(path: &Path, until: Option<dicom_core::Tag>) -> Result<DefaultDicomObjec
             Some(tag) => options.read_until(tag),
             None => options,
         };
-        return options.open_file(path).map_err(|e| classify(&e.to_string(), length));
+        return options
+            .from_reader(bytes)
+            .map_err(|e| classify(&e.to_string(), bytes.len() as u64));
     }
-    read_raw_dataset(path, until)
+    read_raw_dataset(bytes, until)
 }
 
 /// A quick walk over the top-level element headers that finds a defined
 /// length running past the end of the file before the parser does: some
 /// parsers spend seconds on such a file trying to honour a gigabyte length.
-fn length_problem(path: &Path, start: usize) -> Option<Rejection> {
-    let bytes = std::fs::read(path).ok()?;
+fn length_problem(bytes: &[u8], start: usize) -> Option<Rejection> {
     let truncated = |at: usize| {
         Some(Rejection::new(
             ReasonCode::Truncated,
@@ -197,9 +191,7 @@ fn explicit_length(bytes: &[u8], big_endian: bool) -> Option<(usize, usize)> {
 /// Datasets without file meta (with or without a 128-byte preamble): the
 /// transfer syntax is inferred by trying implicit, then explicit VR little
 /// endian, and kept only when the result looks like a composite instance.
-fn read_raw_dataset(path: &Path, until: Option<dicom_core::Tag>) -> Result<DefaultDicomObject, Rejection> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Rejection::new(ReasonCode::NotDicom, format!("cannot read the file: {}", e.kind())))?;
+fn read_raw_dataset(bytes: &[u8], until: Option<dicom_core::Tag>) -> Result<DefaultDicomObject, Rejection> {
     let mut last_error = String::from("no transfer syntax could be inferred");
     for offset in [0usize, 128] {
         if bytes.len() <= offset + 8 {
@@ -216,7 +208,9 @@ fn read_raw_dataset(path: &Path, until: Option<dicom_core::Tag>) -> Result<Defau
                 EXPLICIT_VR_BIG_ENDIAN => (entries::EXPLICIT_VR_BIG_ENDIAN.erased(), true, true),
                 _ => (entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(), false, false),
             };
-            if !plausible_start(&bytes[offset..], explicit, big_endian) {
+            if !plausible_start(&bytes[offset..], explicit, big_endian)
+                || !top_level_fits(&bytes[offset..], explicit, big_endian)
+            {
                 continue;
             }
             match InMemDicomObject::read_dataset_with_ts(&bytes[offset..], &ts) {
@@ -241,7 +235,7 @@ fn read_raw_dataset(path: &Path, until: Option<dicom_core::Tag>) -> Result<Defau
             }
         }
     }
-    if looks_like_dataset(&bytes) {
+    if looks_like_dataset(bytes) {
         Err(Rejection::new(
             ReasonCode::NoFileMeta,
             format!(
@@ -255,6 +249,33 @@ fn read_raw_dataset(path: &Path, until: Option<dicom_core::Tag>) -> Result<Defau
             "not a DICOM file: no DICM marker and no readable dataset",
         ))
     }
+}
+
+/// Whether every top-level element's defined length stays inside the bytes
+/// under this guess of the encoding. A wrong guess reads some text as a
+/// gigabyte length, and the parser would allocate it before failing (an ICC
+/// profile read as implicit VR asked for 1.9 GB).
+fn top_level_fits(bytes: &[u8], explicit: bool, big_endian: bool) -> bool {
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let (length, header) = if explicit {
+            match explicit_length(&bytes[at..], big_endian) {
+                Some(found) => found,
+                None => return false,
+            }
+        } else {
+            let word: [u8; 4] = bytes[at + 4..at + 8].try_into().expect("4 bytes");
+            (u32::from_le_bytes(word) as usize, 8)
+        };
+        if length == 0xFFFF_FFFF {
+            return true; // undefined length: nested items, left to the parser
+        }
+        match at.checked_add(header).and_then(|end| end.checked_add(length)) {
+            Some(end) if end <= bytes.len() => at = end,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The first element of a dataset is in a low even group with a sane tag.
@@ -320,4 +341,38 @@ fn classify(error: &str, length: u64) -> Rejection {
 fn redact(error: &str) -> String {
     let line = error.lines().next().unwrap_or_default();
     line.chars().take(160).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head of an ICC colour profile (as shipped in pydicom's test
+    /// files): read as implicit VR it declares a 1.9 GB element.
+    const ICC_HEAD: &[u8] = b"\x00\x00\x22\x38lcms\x04\x00\x00\x00mntrRGB XYZ \x07\xdd\x00\x03\x00\x19\x00\x11";
+
+    #[test]
+    fn a_wrong_encoding_guess_with_a_huge_length_is_refused_before_parsing() {
+        assert!(!top_level_fits(ICC_HEAD, false, false));
+        let rejection = read_bytes(ICC_HEAD, None).unwrap_err();
+        assert!(
+            matches!(rejection.code, ReasonCode::NoFileMeta | ReasonCode::NotDicom),
+            "{rejection:?}"
+        );
+    }
+
+    #[test]
+    fn a_raw_dataset_whose_elements_fit_is_walked_to_the_end() {
+        // (0008,0016) UI "1.2" and (0008,0018) UI "1.3", implicit VR LE.
+        let mut bytes = Vec::new();
+        for (element, value) in [(0x0016u16, b"1.2\0"), (0x0018u16, b"1.3\0")] {
+            bytes.extend_from_slice(&0x0008u16.to_le_bytes());
+            bytes.extend_from_slice(&element.to_le_bytes());
+            bytes.extend_from_slice(&4u32.to_le_bytes());
+            bytes.extend_from_slice(value);
+        }
+        assert!(top_level_fits(&bytes, false, false));
+        bytes.truncate(bytes.len() - 2);
+        assert!(!top_level_fits(&bytes, false, false));
+    }
 }
