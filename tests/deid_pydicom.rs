@@ -135,3 +135,65 @@ fn refuses_a_group_readable_key_and_bad_usage() {
     let result = synthd(&["deid", "x", "--output", "y", "--option", "keep-everything"]);
     assert_eq!(result.status.code(), Some(2), "usage errors exit 2");
 }
+
+#[test]
+fn identical_copies_are_dropped_and_a_conflicting_copy_is_quarantined_whatever_the_order() {
+    let original = std::fs::read(pydicom_test_files().join("CT_small.dcm")).unwrap();
+    let mut conflicting = original.clone();
+    // A different pixel value, same SOP Instance UID (inside Pixel Data,
+    // which ends the file but for 138 bytes of trailing padding).
+    let inside_pixels = conflicting.len() - 1000;
+    conflicting[inside_pixels] ^= 0x01;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key(dir.path(), "k");
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    // "a" sorts first, so it wins; "b" is identical, "c" conflicts.
+    std::fs::write(inputs.join("a.dcm"), &original).unwrap();
+    std::fs::write(inputs.join("b.dcm"), &original).unwrap();
+    std::fs::write(inputs.join("c.dcm"), &conflicting).unwrap();
+    let mut outputs = Vec::new();
+    for (run, jobs) in [("one", "1"), ("two", "2"), ("again", "2")] {
+        let out = dir.path().join(run);
+        let result = synthd(&[
+            "deid",
+            inputs.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+            "--jobs",
+            jobs,
+        ]);
+        assert_eq!(result.status.code(), Some(1), "{}", common::stderr(&result));
+        let stdout = String::from_utf8_lossy(&result.stdout);
+        assert!(
+            stdout.contains("de-identified 1 of 3") && stdout.contains("dropped 1 identical duplicate"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("conflicting-duplicate: 1"), "{stdout}");
+        let reasons: Vec<_> = files_under(&dir.path().join(format!("{run}-quarantine")))
+            .into_iter()
+            .filter(|p| p.ends_with("reason.json"))
+            .collect();
+        assert_eq!(reasons.len(), 1);
+        let written = files_under(&out);
+        assert_eq!(written.len(), 1);
+        outputs.push(std::fs::read(&written[0]).unwrap());
+    }
+    // The winner is always "a": the same bytes whatever the worker count.
+    assert!(outputs.windows(2).all(|pair| pair[0] == pair[1]));
+    let alone = dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::write(alone.join("a.dcm"), &original).unwrap();
+    let out = dir.path().join("alone-out");
+    synthd(&[
+        "deid",
+        alone.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&files_under(&out)[0]).unwrap(), outputs[0]);
+}

@@ -124,7 +124,9 @@ pub fn run(args: DeidArgs) -> Result<i32> {
                     use std::sync::atomic::Ordering::Relaxed;
                     let mut tally = Tally::default();
                     while !stop.load(Relaxed) {
-                        let Some(path) = files.get(next.fetch_add(1, Relaxed)) else { break };
+                        let Some(path) = files.get(next.fetch_add(1, Relaxed)) else {
+                            break;
+                        };
                         match process(&deidentifier, &key, path, &args.output, &quarantine_dir, &claims) {
                             Ok(Outcome::Duplicate) => tally.duplicates += 1,
                             Ok(Outcome::Written { crosswalk }) if want_crosswalk => {
@@ -148,10 +150,12 @@ pub fn run(args: DeidArgs) -> Result<i32> {
             .collect();
         workers
             .into_iter()
-            .map(|worker| worker.join().unwrap_or_else(|_| Tally {
-                error: Some(anyhow::anyhow!("deid: a worker panicked")),
-                ..Tally::default()
-            }))
+            .map(|worker| {
+                worker.join().unwrap_or_else(|_| Tally {
+                    error: Some(anyhow::anyhow!("deid: a worker panicked")),
+                    ..Tally::default()
+                })
+            })
             .collect()
     });
     let mut reasons: BTreeMap<ReasonCode, usize> = BTreeMap::new();

@@ -14,8 +14,7 @@ use std::path::Path;
 
 /// The whole file, read once: every check and the parser work on these bytes.
 fn contents(path: &Path) -> Result<Vec<u8>, Rejection> {
-    std::fs::read(path)
-        .map_err(|e| Rejection::new(ReasonCode::NotDicom, format!("cannot open the file: {}", e.kind())))
+    std::fs::read(path).map_err(|e| Rejection::new(ReasonCode::NotDicom, format!("cannot open the file: {}", e.kind())))
 }
 
 /// Reads a whole instance.
