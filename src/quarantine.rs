@@ -99,6 +99,12 @@ pub struct Reason {
 /// Writes `dir/reason.json` durably (temp file, fsync, rename, fsync dir).
 pub fn write_reason(dir: &Path, rejection: &Rejection, stage: Stage, file: Option<&str>) -> std::io::Result<PathBuf> {
     fsutil::create_private_dir(dir)?;
+    let path = dir.join("reason.json");
+    fsutil::write_atomic(&path, &reason_json(rejection, stage, file)?, 0o640)?;
+    Ok(path)
+}
+
+fn reason_json(rejection: &Rejection, stage: Stage, file: Option<&str>) -> std::io::Result<Vec<u8>> {
     let reason = Reason {
         code: rejection.code,
         message: rejection.message.clone(),
@@ -108,9 +114,7 @@ pub fn write_reason(dir: &Path, rejection: &Rejection, stage: Stage, file: Optio
     };
     let mut json = serde_json::to_vec_pretty(&reason).map_err(std::io::Error::other)?;
     json.push(b'\n');
-    let path = dir.join("reason.json");
-    fsutil::write_atomic(&path, &json, 0o640)?;
-    Ok(path)
+    Ok(json)
 }
 
 /// Quarantines a file a batch command could not handle: a copy as
@@ -123,17 +127,51 @@ pub fn quarantine_copy(
     rejection: &Rejection,
     stage: Stage,
 ) -> std::io::Result<PathBuf> {
+    copy_into_quarantine(key, path, quarantine_dir, rejection, stage, true)
+}
+
+/// Like [`quarantine_copy`] without the fsyncs, for batch runs that make
+/// everything durable at once with [`fsutil::sync_filesystem`] before they
+/// report (four fsyncs per quarantined file dominated runs over many small,
+/// often refused, files).
+pub fn quarantine_copy_unsynced(
+    key: &crate::keyfile::SiteKey,
+    path: &Path,
+    quarantine_dir: &Path,
+    rejection: &Rejection,
+    stage: Stage,
+) -> std::io::Result<PathBuf> {
+    copy_into_quarantine(key, path, quarantine_dir, rejection, stage, false)
+}
+
+fn copy_into_quarantine(
+    key: &crate::keyfile::SiteKey,
+    path: &Path,
+    quarantine_dir: &Path,
+    rejection: &Rejection,
+    stage: Stage,
+    durable: bool,
+) -> std::io::Result<PathBuf> {
     let digest = crate::phi::keyed_digest(key, "synthd/quarantine", &[path.as_os_str().as_encoded_bytes()]);
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let dir = quarantine_dir.join(format!("q-{name}"));
     fsutil::create_private_dir(&dir)?;
+    let write = if durable {
+        fsutil::write_atomic
+    } else {
+        fsutil::write_replace
+    };
     if std::fs::symlink_metadata(path)
         .map(|m| m.file_type().is_file())
         .unwrap_or(false)
     {
-        fsutil::write_atomic(&dir.join("input.dcm"), &std::fs::read(path)?, 0o640)?;
+        write(&dir.join("input.dcm"), &std::fs::read(path)?, 0o640)?;
     }
-    write_reason(&dir, rejection, stage, Some("input.dcm"))?;
+    write(
+        &dir.join("reason.json"),
+        &reason_json(rejection, stage, Some("input.dcm"))?,
+        0o640,
+    )?;
     Ok(dir)
 }
 

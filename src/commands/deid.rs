@@ -172,6 +172,11 @@ pub fn run(args: DeidArgs) -> Result<i32> {
         crosswalk.extend(tally.crosswalk);
     }
     fsutil::sync_filesystem(&args.output).with_context(|| format!("deid: cannot flush {}", args.output.display()))?;
+    if quarantine_dir.exists() {
+        // Usually the same file system (a no-op then); not when --quarantine points elsewhere.
+        fsutil::sync_filesystem(&quarantine_dir)
+            .with_context(|| format!("deid: cannot flush {}", quarantine_dir.display()))?;
+    }
     if let Some(path) = &args.crosswalk {
         write_crosswalk(path, &crosswalk)
             .with_context(|| format!("deid: cannot write crosswalk {}", path.display()))?;
@@ -315,7 +320,7 @@ fn process(
 }
 
 fn quarantine(key: &SiteKey, path: &Path, quarantine_dir: &Path, rejection: &Rejection) -> Result<Outcome> {
-    quarantine::quarantine_copy(key, path, quarantine_dir, rejection, Stage::Deid)
+    quarantine::quarantine_copy_unsynced(key, path, quarantine_dir, rejection, Stage::Deid)
         .with_context(|| format!("deid: cannot quarantine into {}", quarantine_dir.display()))?;
     Ok(Outcome::Quarantined(rejection.code))
 }
