@@ -214,7 +214,7 @@ impl Engine {
                     for (i, (s, (slice_mask, norm))) in
                         request.slices.iter().zip(masks.into_iter().zip(norms)).enumerate()
                     {
-                        let placement = Placement::fit(s.rows, s.cols, h, w);
+                        let placement = Placement::fit(s.rows, s.cols, s.geometry.pixel_spacing_mm, h, w);
                         let model_units: Vec<f32> = s.values.iter().map(|&v| norm.forward(v)).collect();
                         pending.push(Prepared {
                             request: r,
