@@ -206,6 +206,10 @@ impl Engine {
             let valid = &valid;
             let preparer = scope.spawn(move || {
                 let mut pending = Vec::with_capacity(batch);
+                // Slices the mask does not cut come out as they went in (the
+                // composite copies every pixel outside the mask), so they skip
+                // the model: on a typical series most slices are untouched.
+                let mut untouched = Vec::new();
                 for &r in valid {
                     let request = &requests[r];
                     let masks = self.masks(request);
@@ -214,6 +218,18 @@ impl Engine {
                     for (i, (s, (slice_mask, norm))) in
                         request.slices.iter().zip(masks.into_iter().zip(norms)).enumerate()
                     {
+                        if slice_mask.iter().all(|&m| m == 0) {
+                            let values = s.values.clone();
+                            untouched.push((
+                                r,
+                                i,
+                                SliceOutput {
+                                    values,
+                                    mask: slice_mask,
+                                },
+                            ));
+                            continue;
+                        }
                         let placement = Placement::fit(s.rows, s.cols, s.geometry.pixel_spacing_mm, h, w);
                         let model_units: Vec<f32> = s.values.iter().map(|&v| norm.forward(v)).collect();
                         pending.push(Prepared {
@@ -229,13 +245,14 @@ impl Engine {
                             placement,
                         });
                         if pending.len() == batch && to_infer.send(std::mem::take(&mut pending)).is_err() {
-                            return;
+                            return untouched;
                         }
                     }
                 }
                 if !pending.is_empty() {
                     let _ = to_infer.send(pending);
                 }
+                untouched
             });
             let finisher = scope.spawn(move || {
                 let mut done = Vec::new();
@@ -294,8 +311,10 @@ impl Engine {
             }
             drop(from_prepare);
             drop(to_finish);
-            let prepared_ok = preparer.join().is_ok();
-            let done = finisher.join().unwrap_or_default();
+            let prepared = preparer.join();
+            let prepared_ok = prepared.is_ok();
+            let mut done = finisher.join().unwrap_or_default();
+            done.extend(prepared.unwrap_or_default());
             if !prepared_ok && failure.is_none() {
                 failure = Some(SynthError::Thread("the preparer thread panicked".into()));
             }
@@ -438,3 +457,4 @@ fn check_request(request: &SeriesRequest) -> Result<(), SynthError> {
     }
     Ok(())
 }
+
