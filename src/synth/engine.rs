@@ -260,6 +260,7 @@ impl Engine {
                     for (k, p) in batch.into_iter().enumerate() {
                         let s = &requests[p.request].slices[p.index];
                         let grid = &grids[k * h * w..(k + 1) * h * w];
+                        dump::model_tensors(&p, s, grid);
                         let values = inpaint::composite(s, &p.slice_mask, &p.norm, &p.placement, grid, feather);
                         done.push((
                             p.request,
@@ -458,3 +459,46 @@ fn check_request(request: &SeriesRequest) -> Result<(), SynthError> {
     Ok(())
 }
 
+/// Debug builds only: with `SYNTHD_DUMP_TENSORS=<dir>` set, every inpainted
+/// slice's model-space input (known image and mask on the grid), initial
+/// noise, denoised grid, normalisation and placement are written as
+/// `<dir>/<request>-<index>.json`, so what the model was fed and what it
+/// made of it can be compared with the Python training code and a reference
+/// sampler (fixtures/models/reference_fill.py).
+mod dump {
+    use super::{Prepared, SliceInput};
+
+    #[cfg(debug_assertions)]
+    pub fn model_tensors(p: &Prepared, slice: &SliceInput, denoised: &[f32]) {
+        let Some(dir) = std::env::var_os("SYNTHD_DUMP_TENSORS") else {
+            return;
+        };
+        // x_T as `inpaint::denoise` draws it first, so a reference sampler can
+        // start from the same noise.
+        let mut initial_noise = vec![0.0f32; p.known.len()];
+        let mut rng = crate::synth::noise::slice_rng(p.seed, &p.id, p.variant, "sampler");
+        crate::synth::noise::fill_normal(&mut rng, &mut initial_noise);
+        let record = serde_json::json!({
+            "id": p.id,
+            "origin_mm": slice.geometry.origin_mm,
+            "lower": p.norm.lower,
+            "upper": p.norm.upper,
+            "range": p.norm.range,
+            "placement": {
+                "rows": p.placement.rows, "cols": p.placement.cols,
+                "zoom": p.placement.zoom,
+            },
+            "known": p.known,
+            "mask": p.mask,
+            "initial_noise": initial_noise,
+            "denoised": denoised,
+        });
+        let path = std::path::Path::new(&dir).join(format!("{}-{}.json", p.request, p.index));
+        if let Err(e) = std::fs::write(&path, record.to_string()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the tensor dump");
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn model_tensors(_: &Prepared, _: &SliceInput, _: &[f32]) {}
+}
