@@ -386,6 +386,35 @@ fn guidance_without_class_labels_is_a_clear_setting_error() {
 }
 
 #[test]
+fn a_steps_offset_past_the_last_training_timestep_is_a_clear_setting_error() {
+    // Six "leading" steps of T = 1000 end at t = 830; 170 more is t = 1000.
+    let text = engine(&tiny("cond"), "steps_offset = 170", 1)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        text.contains("synth.steps_offset") && text.contains("t = 1000") && text.contains("at most 169"),
+        "{text}"
+    );
+    assert!(engine(&tiny("cond"), "steps_offset = 169", 1).is_ok());
+}
+
+#[test]
+fn every_sampler_runs_with_every_timestep_spacing() {
+    let input = with_square_masks(phantom(2, 32, 32));
+    for sampler in ["ddpm", "ddim", "dpm-solver++"] {
+        for spacing in ["linspace", "leading", "trailing"] {
+            let extra = format!("sampler = \"{sampler}\"\ntimestep_spacing = \"{spacing}\"");
+            let result = engine(&tiny("cond"), &extra, 1)
+                .unwrap()
+                .inpaint_series(&request(input.clone()))
+                .unwrap_or_else(|e| panic!("{sampler} {spacing}: {e}"));
+            assert!(result.slices.iter().all(|s| s.values.iter().all(|v| v.is_finite())));
+        }
+    }
+}
+
+#[test]
 fn guidance_and_learned_variance_run_as_a_doubled_batch_and_stay_deterministic() {
     let input = with_square_masks(phantom(5, 32, 32));
     let run = |extra: &str| {

@@ -11,7 +11,7 @@ use super::error::SynthError;
 use super::inpaint::{self, Prepared};
 use super::manifest::{self, Manifest};
 use super::mask::{self, MaskSlice, SliceGeometry};
-use super::scheduler::NoiseSchedule;
+use super::scheduler::{self, NoiseSchedule};
 use super::session::{EngineOptions, ModelSession};
 use super::tensor::{self, Placement};
 use crate::config::pipeline::{MaskSource, ProviderKind, Synth};
@@ -120,6 +120,17 @@ impl Engine {
                 ),
             });
         }
+        let schedule = NoiseSchedule::new(&manifest.scheduler);
+        scheduler::check(
+            synth.sampler,
+            &schedule,
+            synth.steps as usize,
+            scheduler::Spacing::of(synth),
+        )
+        .map_err(|reason| SynthError::Setting {
+            key: "synth.steps_offset",
+            reason,
+        })?;
         let session = ModelSession::open(runtime, model_path, &manifest, synth, &options)?;
         let problems = session.differences(&manifest);
         if !problems.is_empty() {
@@ -130,7 +141,7 @@ impl Engine {
             });
         }
         Ok(Engine {
-            schedule: NoiseSchedule::new(&manifest.scheduler),
+            schedule,
             session,
             manifest,
             sha256,
