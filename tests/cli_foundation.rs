@@ -164,6 +164,26 @@ fn validate_reports_out_of_range_value() {
 }
 
 #[test]
+fn validate_reports_unknown_timestep_spacing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "name = \"p\"\n[synth]\nmodel = \"m.onnx\"\ntimestep_spacing = \"even\"\n",
+    )
+    .unwrap();
+    let output = synthd(&["validate", pipeline.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output).lines().next().unwrap(),
+        format!(
+            "{}:4:20: `synth.timestep_spacing`: unknown variant `even`, expected one of `linspace`, `leading`, `trailing`",
+            pipeline.display()
+        )
+    );
+}
+
+#[test]
 fn validate_refuses_a_group_readable_key() {
     let (_dir, config) = init_layout();
     let key = Path::new(&config).parent().unwrap().join("synthd.key");

@@ -128,6 +128,35 @@ fn conditioned_inpainting_keeps_every_pixel_outside_the_mask() {
 }
 
 #[test]
+fn slices_the_mask_does_not_cut_skip_the_model_and_come_out_unchanged() {
+    let engine = engine(&tiny("cond"), "batch = 4", 1).unwrap();
+    let mut input = with_square_masks(phantom(5, 40, 48));
+    for k in [0, 2, 4] {
+        input[k].mask = Some(vec![0; 40 * 48]);
+    }
+    let result = engine.inpaint_series(&request(input.clone())).unwrap();
+    assert_eq!(result.model_runs, 6, "one batch of the two cut slices × six steps");
+    for k in [0, 2, 4] {
+        let same = result.slices[k]
+            .values
+            .iter()
+            .zip(&input[k].values)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "slice {k} changed");
+    }
+    // The cut slices come out as they do when every slice goes through the model.
+    let all = engine
+        .inpaint_series(&request(with_square_masks(phantom(5, 40, 48))))
+        .unwrap();
+    for k in [1, 3] {
+        assert!(
+            bits(&all)[k] == bits(&result)[k],
+            "slice {k} depends on the others' masks"
+        );
+    }
+}
+
+#[test]
 fn same_inputs_give_identical_bytes_across_batch_sizes_and_threads() {
     let input = with_square_masks(phantom(8, 32, 32));
     let reference = bits(
@@ -354,6 +383,35 @@ fn guidance_without_class_labels_is_a_clear_setting_error() {
         text.contains("synth.guidance") && text.contains("set guidance = 1.0"),
         "{text}"
     );
+}
+
+#[test]
+fn a_steps_offset_past_the_last_training_timestep_is_a_clear_setting_error() {
+    // Six "leading" steps of T = 1000 end at t = 830; 170 more is t = 1000.
+    let text = engine(&tiny("cond"), "steps_offset = 170", 1)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        text.contains("synth.steps_offset") && text.contains("t = 1000") && text.contains("at most 169"),
+        "{text}"
+    );
+    assert!(engine(&tiny("cond"), "steps_offset = 169", 1).is_ok());
+}
+
+#[test]
+fn every_sampler_runs_with_every_timestep_spacing() {
+    let input = with_square_masks(phantom(2, 32, 32));
+    for sampler in ["ddpm", "ddim", "dpm-solver++"] {
+        for spacing in ["linspace", "leading", "trailing"] {
+            let extra = format!("sampler = \"{sampler}\"\ntimestep_spacing = \"{spacing}\"");
+            let result = engine(&tiny("cond"), &extra, 1)
+                .unwrap()
+                .inpaint_series(&request(input.clone()))
+                .unwrap_or_else(|e| panic!("{sampler} {spacing}: {e}"));
+            assert!(result.slices.iter().all(|s| s.values.iter().all(|v| v.is_finite())));
+        }
+    }
 }
 
 #[test]

@@ -1,40 +1,70 @@
 //! Scheduler parity with diffusers: every intermediate x_t of DDPM, DDIM and
 //! DPM-Solver++(2M) against fixtures/schedulers/*.json (written by
 //! fixtures/schedulers/make_vectors.py), for every beta schedule and
-//! prediction type: error ≤ 1e-5, absolute for |x| ≤ 1 and relative
-//! beyond (f32 cannot hold 1e-5 absolute at |x| ≈ 60).
+//! prediction type, and for every timestep_spacing (spacing.json): error ≤
+//! 1e-5, absolute for |x| ≤ 1 and relative beyond (f32 cannot hold 1e-5
+//! absolute at |x| ≈ 60).
 
 use serde::Deserialize;
-use synthd::config::pipeline::SamplerKind;
+use synthd::config::pipeline::{SamplerKind, TimestepSpacing};
 use synthd::synth::manifest::SchedulerConfig;
-use synthd::synth::scheduler::{self, NoiseSchedule};
+use synthd::synth::scheduler::{self, NoiseSchedule, Spacing};
 
 #[derive(Deserialize)]
 struct Vectors {
     cases: Vec<Case>,
+    #[serde(default)]
+    timestep_tables: Vec<Table>,
 }
 
 #[derive(Deserialize)]
 struct Case {
     name: String,
+    /// Which sampler, where a file mixes them (spacing.json).
+    #[serde(default)]
+    scheduler: Option<SamplerKind>,
     config: SchedulerConfig,
     #[serde(default)]
     eta: f64,
+    /// diffusers' timestep_spacing; absent = the scheduler's default.
+    #[serde(default)]
+    timestep_spacing: Option<TimestepSpacing>,
+    #[serde(default)]
+    steps_offset: i64,
     timesteps: Vec<i64>,
     model_outputs: Vec<Vec<f32>>,
     noises: Vec<Vec<f32>>,
     samples: Vec<Vec<f32>>,
 }
 
-fn check(file: &str, kind: SamplerKind) {
+/// What diffusers' set_timesteps(steps) gives for one scheduler and spacing.
+#[derive(Deserialize)]
+struct Table {
+    scheduler: SamplerKind,
+    timestep_spacing: TimestepSpacing,
+    steps_offset: i64,
+    steps: usize,
+    timesteps: Vec<i64>,
+}
+
+fn load(file: &str) -> Vectors {
     let path = format!("{}/fixtures/schedulers/{file}", env!("CARGO_MANIFEST_DIR"));
-    let vectors: Vectors = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn check(file: &str, kind: SamplerKind) {
+    let vectors = load(file);
     assert!(!vectors.cases.is_empty());
     let mut worst = 0.0f32;
     for case in &vectors.cases {
+        let kind = case.scheduler.unwrap_or(kind);
         let schedule = NoiseSchedule::new(&case.config);
         let steps = case.timesteps.len();
-        let mut sampler = scheduler::build(kind, &schedule, steps, case.eta);
+        let spacing = Spacing {
+            kind: case.timestep_spacing.unwrap_or(kind.default_spacing()),
+            steps_offset: case.steps_offset,
+        };
+        let mut sampler = scheduler::build(kind, &schedule, steps, case.eta, spacing);
         assert_eq!(
             sampler.timesteps(),
             case.timesteps.as_slice(),
@@ -86,4 +116,49 @@ fn ddim_matches_diffusers() {
 #[test]
 fn dpm_solver_pp_matches_diffusers() {
     check("dpm_solver_pp.json", SamplerKind::DpmSolverPlusPlus);
+}
+
+/// Every spacing ("leading" also with steps_offset 1) stepped through each
+/// sampler, cosine schedule and ε prediction as the demo model has them.
+#[test]
+fn every_timestep_spacing_matches_diffusers() {
+    check("spacing.json", SamplerKind::Ddim);
+    let cases = load("spacing.json").cases;
+    for kind in [SamplerKind::Ddpm, SamplerKind::Ddim, SamplerKind::DpmSolverPlusPlus] {
+        for spacing in [
+            TimestepSpacing::Linspace,
+            TimestepSpacing::Leading,
+            TimestepSpacing::Trailing,
+        ] {
+            assert!(
+                cases
+                    .iter()
+                    .any(|c| c.scheduler == Some(kind) && c.timestep_spacing == Some(spacing)),
+                "spacing.json lacks {} with {}",
+                kind.name(),
+                spacing.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn timesteps_match_diffusers_for_every_spacing_and_step_count() {
+    let tables = load("spacing.json").timestep_tables;
+    assert!(tables.len() >= 3 * 4 * 5, "{} tables", tables.len());
+    for table in &tables {
+        let spacing = Spacing {
+            kind: table.timestep_spacing,
+            steps_offset: table.steps_offset,
+        };
+        assert_eq!(
+            scheduler::timesteps(table.scheduler, spacing, 1000, table.steps),
+            table.timesteps,
+            "{} {} steps_offset {} with {} steps",
+            table.scheduler.name(),
+            table.timestep_spacing.name(),
+            table.steps_offset,
+            table.steps
+        );
+    }
 }

@@ -103,6 +103,41 @@ impl SamplerKind {
     }
 }
 
+impl SamplerKind {
+    /// diffusers' default `timestep_spacing` for the scheduler this sampler
+    /// reproduces, so that a pipeline without the key samples as before.
+    pub fn default_spacing(self) -> TimestepSpacing {
+        match self {
+            SamplerKind::Ddpm | SamplerKind::Ddim => TimestepSpacing::Leading,
+            SamplerKind::DpmSolverPlusPlus => TimestepSpacing::Linspace,
+        }
+    }
+}
+
+/// Which training timesteps a sampler visits, as diffusers'
+/// `timestep_spacing` (Lin et al. 2024, "Common Diffusion Noise Schedules and
+/// Sample Steps are Flawed", table 2). For T training steps and n sampler steps:
+/// "linspace" rounds n evenly spaced points of [0, T−1] and so starts at
+/// T−1; "leading" takes multiples of ⌊T/n⌋ from 0 (plus `steps_offset`), so
+/// it never starts at T−1; "trailing" counts down from T−1 by T/n.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestepSpacing {
+    Linspace,
+    Leading,
+    Trailing,
+}
+
+impl TimestepSpacing {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimestepSpacing::Linspace => "linspace",
+            TimestepSpacing::Leading => "leading",
+            TimestepSpacing::Trailing => "trailing",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -130,6 +165,14 @@ pub struct Synth {
     pub sampler: SamplerKind,
     #[serde(default = "default_steps", deserialize_with = "ranges::u32_in::<1, 1000, _>")]
     pub steps: u32,
+    /// diffusers' `timestep_spacing`; unset = that scheduler's diffusers
+    /// default ("leading" for ddpm and ddim, "linspace" for dpm-solver++).
+    #[serde(default)]
+    pub timestep_spacing: Option<TimestepSpacing>,
+    /// diffusers' `steps_offset`: added to every timestep under "leading"
+    /// spacing (diffusers ignores it for the others, so it is refused there).
+    #[serde(default, deserialize_with = "ranges::u32_in::<0, 999, _>")]
+    pub steps_offset: u32,
     /// DDIM's eta: 0 = deterministic DDIM, 1 = DDPM-like.
     #[serde(default, deserialize_with = "ranges::unit_interval")]
     pub eta: f32,
@@ -160,6 +203,28 @@ pub struct Synth {
     pub feather_px: u32,
     #[serde(default)]
     pub mask: MaskSpec,
+}
+
+impl Synth {
+    /// The timestep spacing in effect: the pipeline's, else the sampler's default.
+    pub fn spacing(&self) -> TimestepSpacing {
+        self.timestep_spacing.unwrap_or(self.sampler.default_spacing())
+    }
+
+    /// The sampler as provenance names it: "ddim", with the spacing added
+    /// only when it is not the default, so default outputs are unchanged.
+    pub fn sampler_label(&self) -> String {
+        let spacing = self.spacing();
+        match (spacing == self.sampler.default_spacing(), self.steps_offset) {
+            (true, 0) => self.sampler.name().to_string(),
+            (_, 0) => format!("{} ({} spacing)", self.sampler.name(), spacing.name()),
+            (_, offset) => format!(
+                "{} ({} spacing, steps_offset {offset})",
+                self.sampler.name(),
+                spacing.name()
+            ),
+        }
+    }
 }
 
 fn default_sampler() -> SamplerKind {
@@ -343,6 +408,16 @@ impl LoadedPipeline {
                     ),
                 ));
             }
+            if synth.steps_offset != 0 && synth.spacing() != TimestepSpacing::Leading {
+                problems.push(Diagnostic::whole_file(
+                    &self.file,
+                    format!(
+                        "`synth.steps_offset` = {} applies only to timestep_spacing = \"leading\" (diffusers ignores it for \"{}\"): remove it or set timestep_spacing = \"leading\"",
+                        synth.steps_offset,
+                        synth.spacing().name()
+                    ),
+                ));
+            }
             if synth.providers.is_empty() {
                 problems.push(Diagnostic::whole_file(
                     &self.file,
@@ -391,6 +466,56 @@ mod tests {
     fn steps_out_of_range_are_rejected() {
         let error = parse("name = \"x\"\n[synth]\nmodel = \"m.onnx\"\nsteps = 0\n").unwrap_err();
         assert!(error.to_string().contains("between 1 and 1000"), "{error}");
+    }
+
+    #[test]
+    fn timestep_spacing_defaults_to_the_samplers_diffusers_default() {
+        // toml directly: these checks need no model file.
+        let spacing = |text: &str| -> TimestepSpacing {
+            let pipeline: Pipeline = toml::from_str(text).unwrap();
+            pipeline.synth.unwrap().spacing()
+        };
+        let base = "name = \"x\"\n[synth]\nmodel = \"m.onnx\"\n";
+        assert_eq!(spacing(base), TimestepSpacing::Leading);
+        assert_eq!(
+            spacing(&format!("{base}sampler = \"ddpm\"\n")),
+            TimestepSpacing::Leading
+        );
+        assert_eq!(
+            spacing(&format!("{base}sampler = \"dpm-solver++\"\n")),
+            TimestepSpacing::Linspace
+        );
+        assert_eq!(
+            spacing(&format!(
+                "{base}sampler = \"dpm-solver++\"\ntimestep_spacing = \"trailing\"\n"
+            )),
+            TimestepSpacing::Trailing
+        );
+    }
+
+    #[test]
+    fn unknown_timestep_spacing_names_the_choices() {
+        let error = parse("name = \"x\"\n[synth]\nmodel = \"m.onnx\"\ntimestep_spacing = \"trailng\"\n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("p.toml:4:"), "{text}");
+        assert!(
+            text.contains("`synth.timestep_spacing`")
+                && text.contains("`trailng`")
+                && text.contains("`linspace`, `leading`, `trailing`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn steps_offset_outside_leading_spacing_is_refused() {
+        let error = parse("name = \"x\"\n[synth]\nmodel = \"m.onnx\"\nsampler = \"dpm-solver++\"\nsteps_offset = 1\n")
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("`synth.steps_offset` = 1 applies only to timestep_spacing = \"leading\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -215,7 +215,7 @@ fn synthesize_series(
             model_name: engine.manifest().model.name.clone(),
             model_version: engine.manifest().model.version.clone(),
             model_sha256: engine.model_sha256().to_string(),
-            sampler: synth.sampler.name().to_string(),
+            sampler: synth.sampler_label(),
             steps: synth.steps,
             seed: synth.seed,
             variant,

@@ -11,7 +11,7 @@ use super::error::SynthError;
 use super::inpaint::{self, Prepared};
 use super::manifest::{self, Manifest};
 use super::mask::{self, MaskSlice, SliceGeometry};
-use super::scheduler::NoiseSchedule;
+use super::scheduler::{self, NoiseSchedule};
 use super::session::{EngineOptions, ModelSession};
 use super::tensor::{self, Placement};
 use crate::config::pipeline::{MaskSource, ProviderKind, Synth};
@@ -120,6 +120,17 @@ impl Engine {
                 ),
             });
         }
+        let schedule = NoiseSchedule::new(&manifest.scheduler);
+        scheduler::check(
+            synth.sampler,
+            &schedule,
+            synth.steps as usize,
+            scheduler::Spacing::of(synth),
+        )
+        .map_err(|reason| SynthError::Setting {
+            key: "synth.steps_offset",
+            reason,
+        })?;
         let session = ModelSession::open(runtime, model_path, &manifest, synth, &options)?;
         let problems = session.differences(&manifest);
         if !problems.is_empty() {
@@ -130,7 +141,7 @@ impl Engine {
             });
         }
         Ok(Engine {
-            schedule: NoiseSchedule::new(&manifest.scheduler),
+            schedule,
             session,
             manifest,
             sha256,
@@ -206,6 +217,10 @@ impl Engine {
             let valid = &valid;
             let preparer = scope.spawn(move || {
                 let mut pending = Vec::with_capacity(batch);
+                // Slices the mask does not cut come out as they went in (the
+                // composite copies every pixel outside the mask), so they skip
+                // the model: on a typical series most slices are untouched.
+                let mut untouched = Vec::new();
                 for &r in valid {
                     let request = &requests[r];
                     let masks = self.masks(request);
@@ -214,7 +229,19 @@ impl Engine {
                     for (i, (s, (slice_mask, norm))) in
                         request.slices.iter().zip(masks.into_iter().zip(norms)).enumerate()
                     {
-                        let placement = Placement::fit(s.rows, s.cols, h, w);
+                        if slice_mask.iter().all(|&m| m == 0) {
+                            let values = s.values.clone();
+                            untouched.push((
+                                r,
+                                i,
+                                SliceOutput {
+                                    values,
+                                    mask: slice_mask,
+                                },
+                            ));
+                            continue;
+                        }
+                        let placement = Placement::fit(s.rows, s.cols, s.geometry.pixel_spacing_mm, h, w);
                         let model_units: Vec<f32> = s.values.iter().map(|&v| norm.forward(v)).collect();
                         pending.push(Prepared {
                             request: r,
@@ -229,13 +256,14 @@ impl Engine {
                             placement,
                         });
                         if pending.len() == batch && to_infer.send(std::mem::take(&mut pending)).is_err() {
-                            return;
+                            return untouched;
                         }
                     }
                 }
                 if !pending.is_empty() {
                     let _ = to_infer.send(pending);
                 }
+                untouched
             });
             let finisher = scope.spawn(move || {
                 let mut done = Vec::new();
@@ -243,6 +271,7 @@ impl Engine {
                     for (k, p) in batch.into_iter().enumerate() {
                         let s = &requests[p.request].slices[p.index];
                         let grid = &grids[k * h * w..(k + 1) * h * w];
+                        dump::model_tensors(&p, s, grid);
                         let values = inpaint::composite(s, &p.slice_mask, &p.norm, &p.placement, grid, feather);
                         done.push((
                             p.request,
@@ -294,8 +323,10 @@ impl Engine {
             }
             drop(from_prepare);
             drop(to_finish);
-            let prepared_ok = preparer.join().is_ok();
-            let done = finisher.join().unwrap_or_default();
+            let prepared = preparer.join();
+            let prepared_ok = prepared.is_ok();
+            let mut done = finisher.join().unwrap_or_default();
+            done.extend(prepared.unwrap_or_default());
             if !prepared_ok && failure.is_none() {
                 failure = Some(SynthError::Thread("the preparer thread panicked".into()));
             }
@@ -437,4 +468,48 @@ fn check_request(request: &SeriesRequest) -> Result<(), SynthError> {
         }
     }
     Ok(())
+}
+
+/// Debug builds only: with `SYNTHD_DUMP_TENSORS=<dir>` set, every inpainted
+/// slice's model-space input (known image and mask on the grid), initial
+/// noise, denoised grid, normalisation and placement are written as
+/// `<dir>/<request>-<index>.json`, so what the model was fed and what it
+/// made of it can be compared with the Python training code and a reference
+/// sampler (fixtures/models/reference_fill.py).
+mod dump {
+    use super::{Prepared, SliceInput};
+
+    #[cfg(debug_assertions)]
+    pub fn model_tensors(p: &Prepared, slice: &SliceInput, denoised: &[f32]) {
+        let Some(dir) = std::env::var_os("SYNTHD_DUMP_TENSORS") else {
+            return;
+        };
+        // x_T as `inpaint::denoise` draws it first, so a reference sampler can
+        // start from the same noise.
+        let mut initial_noise = vec![0.0f32; p.known.len()];
+        let mut rng = crate::synth::noise::slice_rng(p.seed, &p.id, p.variant, "sampler");
+        crate::synth::noise::fill_normal(&mut rng, &mut initial_noise);
+        let record = serde_json::json!({
+            "id": p.id,
+            "origin_mm": slice.geometry.origin_mm,
+            "lower": p.norm.lower,
+            "upper": p.norm.upper,
+            "range": p.norm.range,
+            "placement": {
+                "rows": p.placement.rows, "cols": p.placement.cols,
+                "zoom": p.placement.zoom,
+            },
+            "known": p.known,
+            "mask": p.mask,
+            "initial_noise": initial_noise,
+            "denoised": denoised,
+        });
+        let path = std::path::Path::new(&dir).join(format!("{}-{}.json", p.request, p.index));
+        if let Err(e) = std::fs::write(&path, record.to_string()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the tensor dump");
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn model_tensors(_: &Prepared, _: &SliceInput, _: &[f32]) {}
 }

@@ -100,7 +100,7 @@ pub fn denoise(
     let mut buffers = session.buffers(model_n, cond.as_deref(), labels.as_deref())?;
     let eta = synth.eta as f64;
     let steps = synth.steps as usize;
-    let mut sampler = scheduler::build(synth.sampler, schedule, steps, eta);
+    let mut sampler = scheduler::build(synth.sampler, schedule, steps, eta, scheduler::Spacing::of(synth));
     let timesteps = sampler.timesteps().to_vec();
     let steps = timesteps.len();
     let learned = manifest.output.learned_variance;

@@ -1,9 +1,11 @@
 //! DDIM (Song et al. 2021): x_{t−1} = √ᾱ_{t−1} x̂₀ + √(1−ᾱ_{t−1}−σ_t²) ε̂ + σ_t z
 //! with σ_t(η) = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_{t−1}); η = 0 is
-//! deterministic. As diffusers' DDIMScheduler: "leading" spacing,
-//! set_alpha_to_one = true (ᾱ past the last step is 1), ε̂ from the unclipped x̂₀.
+//! deterministic. As diffusers' DDIMScheduler: any `timestep_spacing`
+//! (default "leading"), the previous timestep t − ⌊T/n⌋ whatever the spacing
+//! (as diffusers computes it), set_alpha_to_one = true (ᾱ past the last step
+//! is 1), ε̂ from the unclipped x̂₀.
 
-use super::{leading_timesteps, Linear, NoiseSchedule, Sampler};
+use super::{spaced_timesteps, Linear, NoiseSchedule, Sampler, Spacing};
 
 pub struct Ddim {
     schedule: NoiseSchedule,
@@ -13,11 +15,11 @@ pub struct Ddim {
 }
 
 impl Ddim {
-    pub fn new(schedule: NoiseSchedule, steps: usize, eta: f64) -> Ddim {
+    pub fn new(schedule: NoiseSchedule, steps: usize, eta: f64, spacing: Spacing) -> Ddim {
         let train = schedule.num_train_timesteps();
         let steps = steps.clamp(1, train as usize);
         Ddim {
-            timesteps: leading_timesteps(train, steps),
+            timesteps: spaced_timesteps(spacing, train, steps),
             ratio: train / steps as i64,
             schedule,
             eta,

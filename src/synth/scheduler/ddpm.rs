@@ -1,23 +1,23 @@
 //! DDPM ancestral sampling (Ho et al. 2020): x_{t−1} drawn from the posterior
 //! q(x_{t−1} | x_t, x̂₀) with mean μ̃_t (eq. 7) and variance β̃_t or β_t,
-//! skipping timesteps as diffusers' DDPMScheduler does ("leading" spacing).
+//! skipping timesteps as diffusers' DDPMScheduler does: any
+//! `timestep_spacing` (default "leading"), the previous timestep being the
+//! next one in the list (−1, ᾱ = 1, after the last).
 
-use super::{leading_timesteps, Linear, NoiseSchedule, Sampler};
+use super::{spaced_timesteps, Linear, NoiseSchedule, Sampler, Spacing};
 use crate::synth::manifest::VarianceType;
 
 pub struct Ddpm {
     schedule: NoiseSchedule,
     timesteps: Vec<i64>,
-    ratio: i64,
 }
 
 impl Ddpm {
-    pub fn new(schedule: NoiseSchedule, steps: usize) -> Ddpm {
+    pub fn new(schedule: NoiseSchedule, steps: usize, spacing: Spacing) -> Ddpm {
         let train = schedule.num_train_timesteps();
         let steps = steps.clamp(1, train as usize);
         Ddpm {
-            timesteps: leading_timesteps(train, steps),
-            ratio: train / steps as i64,
+            timesteps: spaced_timesteps(spacing, train, steps),
             schedule,
         }
     }
@@ -29,7 +29,7 @@ impl Sampler for Ddpm {
     }
 
     fn previous_timestep(&self, index: usize) -> i64 {
-        self.timesteps[index] - self.ratio
+        self.timesteps.get(index + 1).copied().unwrap_or(-1)
     }
 
     fn is_stochastic(&self, index: usize) -> bool {

@@ -1,11 +1,13 @@
 //! DPM-Solver++(2M) (Lu et al. 2022): the multistep second-order solver in
 //! data prediction (x̂₀) form, as diffusers' DPMSolverMultistepScheduler with
-//! its defaults (solver_order 2, midpoint, lower_order_final, final σ = 0,
-//! "linspace" timestep spacing). In the half-log-SNR λ = log α − log σ:
+//! its defaults (solver_order 2, midpoint, lower_order_final, final σ = 0)
+//! and any `timestep_spacing` (default "linspace", which starts at t = T−1
+//! where a cosine schedule has ᾱ ≈ 0). In the half-log-SNR λ = log α − log σ:
 //!   first order:  x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D₀
 //!   second order: … − ½ α_t (e^{−h} − 1) D₁, D₁ = (D₀ − D₋₁)/r, r = h₋₁/h.
 
-use super::{Linear, NoiseSchedule, Sampler};
+use super::{Linear, NoiseSchedule, Sampler, Spacing};
+use crate::config::pipeline::SamplerKind;
 
 pub struct DpmSolverPlusPlus {
     schedule: NoiseSchedule,
@@ -18,16 +20,10 @@ pub struct DpmSolverPlusPlus {
 }
 
 impl DpmSolverPlusPlus {
-    pub fn new(schedule: NoiseSchedule, steps: usize) -> DpmSolverPlusPlus {
-        let train = schedule.num_train_timesteps() as usize;
-        let steps = steps.clamp(1, train);
-        // np.linspace(0, T−1, n+1).round()[::-1][:-1]
-        let last = (train - 1) as f64;
-        let mut timesteps: Vec<i64> = (0..=steps)
-            .map(|i| round_half_even(last * i as f64 / steps as f64) as i64)
-            .collect();
-        timesteps.reverse();
-        timesteps.pop();
+    pub fn new(schedule: NoiseSchedule, steps: usize, spacing: Spacing) -> DpmSolverPlusPlus {
+        let train = schedule.num_train_timesteps();
+        let steps = steps.clamp(1, train as usize);
+        let timesteps = super::timesteps(SamplerKind::DpmSolverPlusPlus, spacing, train, steps);
         let mut sigmas: Vec<f64> = timesteps
             .iter()
             .map(|&t| {
@@ -50,16 +46,6 @@ impl DpmSolverPlusPlus {
         let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
         let sigma_t = sigma * alpha;
         (alpha, sigma_t, alpha.ln() - sigma_t.ln())
-    }
-}
-
-/// numpy's round: half to even.
-fn round_half_even(x: f64) -> f64 {
-    let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
-        r - x.signum()
-    } else {
-        r
     }
 }
 

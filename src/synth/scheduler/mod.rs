@@ -11,7 +11,7 @@ pub mod ddpm;
 pub mod dpm_solver;
 
 use super::manifest::{BetaSchedule, PredictionType, SchedulerConfig, VarianceType};
-use crate::config::pipeline::SamplerKind;
+use crate::config::pipeline::{SamplerKind, Synth, TimestepSpacing};
 
 /// ᾱ_t (alphas_cumprod) for t = 0..T, as diffusers holds them (f32 values).
 #[derive(Debug, Clone)]
@@ -95,10 +95,121 @@ fn cosine_betas(t: usize) -> Vec<f32> {
         .collect()
 }
 
+/// A sampler's timestep spacing with diffusers' `steps_offset` (which only
+/// "leading" uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spacing {
+    pub kind: TimestepSpacing,
+    pub steps_offset: i64,
+}
+
+impl Spacing {
+    /// What a pipeline asks for (its sampler's diffusers default when unset).
+    pub fn of(synth: &Synth) -> Spacing {
+        Spacing {
+            kind: synth.spacing(),
+            steps_offset: synth.steps_offset as i64,
+        }
+    }
+
+    /// The diffusers default of a sampler, steps_offset 0.
+    pub fn default_for(sampler: SamplerKind) -> Spacing {
+        Spacing {
+            kind: sampler.default_spacing(),
+            steps_offset: 0,
+        }
+    }
+}
+
 /// diffusers' "leading" spacing with steps_offset 0: t = i·⌊T/n⌋, descending.
 pub fn leading_timesteps(train: i64, steps: usize) -> Vec<i64> {
     let ratio = train / steps as i64;
     (0..steps as i64).rev().map(|i| i * ratio).collect()
+}
+
+/// numpy's round: half to even.
+pub(crate) fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
+    }
+}
+
+/// `np.linspace(0, stop, num).round()`, ascending: numpy computes i·step with
+/// step = stop/(num−1) and sets the endpoint exactly; one point is 0.
+pub(crate) fn linspace_rounded(stop: f64, num: usize) -> Vec<i64> {
+    if num == 1 {
+        return vec![0];
+    }
+    let step = stop / (num - 1) as f64;
+    (0..num)
+        .map(|i| {
+            let value = if i == num - 1 { stop } else { i as f64 * step };
+            round_half_even(value) as i64
+        })
+        .collect()
+}
+
+/// diffusers' "trailing" spacing: `np.round(np.arange(T, 0, −T/n)) − 1`.
+/// numpy's float arange fills start + i·((start − T/n) − start), reproduced
+/// here. For 62 values of n ≤ 1000 (61, 103, 121, ...) its length rounds up to
+/// n + 1 and diffusers gets a spurious last timestep −1; synthd takes n.
+pub(crate) fn trailing_timesteps(train: i64, steps: usize) -> Vec<i64> {
+    let start = train as f64;
+    let step = start / steps as f64;
+    let second = start - step;
+    let delta = second - start;
+    (0..steps)
+        .map(|i| {
+            let value = match i {
+                0 => start,
+                1 => second,
+                _ => start + i as f64 * delta,
+            };
+            round_half_even(value) as i64 - 1
+        })
+        .collect()
+}
+
+/// The timesteps a sampler visits, noisiest first, as its diffusers
+/// scheduler's `set_timesteps(n)` makes them.
+pub fn timesteps(kind: SamplerKind, spacing: Spacing, train: i64, steps: usize) -> Vec<i64> {
+    match (kind, spacing.kind) {
+        (SamplerKind::Ddpm | SamplerKind::Ddim, _) | (_, TimestepSpacing::Trailing) => {
+            spaced_timesteps(spacing, train, steps)
+        }
+        // DPMSolverMultistepScheduler (lambda_min_clipped −∞, so its
+        // last_timestep is T): n + 1 points, the last (t = 0) dropped.
+        (SamplerKind::DpmSolverPlusPlus, TimestepSpacing::Linspace) => {
+            let mut points = linspace_rounded((train - 1) as f64, steps + 1);
+            points.reverse();
+            points.pop();
+            points
+        }
+        (SamplerKind::DpmSolverPlusPlus, TimestepSpacing::Leading) => {
+            let mut points = leading_timesteps(train, steps + 1);
+            points.pop();
+            points.into_iter().map(|t| t + spacing.steps_offset).collect()
+        }
+    }
+}
+
+/// DDPMScheduler's and DDIMScheduler's `set_timesteps`: n timesteps, noisiest first.
+pub fn spaced_timesteps(spacing: Spacing, train: i64, steps: usize) -> Vec<i64> {
+    match spacing.kind {
+        TimestepSpacing::Linspace => {
+            let mut timesteps = linspace_rounded((train - 1) as f64, steps);
+            timesteps.reverse();
+            timesteps
+        }
+        TimestepSpacing::Leading => leading_timesteps(train, steps)
+            .into_iter()
+            .map(|t| t + spacing.steps_offset)
+            .collect(),
+        TimestepSpacing::Trailing => trailing_timesteps(train, steps),
+    }
 }
 
 /// x̂₀ from a model prediction (Ho et al. 2020 eq. 15 for ε; v-prediction per Salimans & Ho 2022).
@@ -187,12 +298,40 @@ pub trait Sampler: Send {
     fn reset(&mut self) {}
 }
 
+/// Why a sampler configuration cannot run on this schedule: every timestep
+/// must be a training timestep (0 … T−1), which a large "leading"
+/// `steps_offset` can break. `build` expects a configuration that passes.
+pub fn check(kind: SamplerKind, schedule: &NoiseSchedule, steps: usize, spacing: Spacing) -> Result<(), String> {
+    let train = schedule.num_train_timesteps();
+    let steps = steps.clamp(1, train as usize);
+    let first = timesteps(kind, spacing, train, steps).into_iter().max().unwrap_or(0);
+    if first >= train {
+        return Err(format!(
+            "steps_offset {} puts the first of {steps} {} steps at t = {first}, past the model's last training timestep {}; \
+             use a steps_offset of at most {}",
+            spacing.steps_offset,
+            kind.name(),
+            train - 1,
+            spacing.steps_offset - (first - (train - 1))
+        ));
+    }
+    Ok(())
+}
+
 /// Builds the sampler a pipeline asks for.
-pub fn build(kind: SamplerKind, schedule: &NoiseSchedule, steps: usize, eta: f64) -> Box<dyn Sampler> {
+pub fn build(
+    kind: SamplerKind,
+    schedule: &NoiseSchedule,
+    steps: usize,
+    eta: f64,
+    spacing: Spacing,
+) -> Box<dyn Sampler> {
     match kind {
-        SamplerKind::Ddpm => Box::new(ddpm::Ddpm::new(schedule.clone(), steps)),
-        SamplerKind::Ddim => Box::new(ddim::Ddim::new(schedule.clone(), steps, eta)),
-        SamplerKind::DpmSolverPlusPlus => Box::new(dpm_solver::DpmSolverPlusPlus::new(schedule.clone(), steps)),
+        SamplerKind::Ddpm => Box::new(ddpm::Ddpm::new(schedule.clone(), steps, spacing)),
+        SamplerKind::Ddim => Box::new(ddim::Ddim::new(schedule.clone(), steps, eta, spacing)),
+        SamplerKind::DpmSolverPlusPlus => {
+            Box::new(dpm_solver::DpmSolverPlusPlus::new(schedule.clone(), steps, spacing))
+        }
     }
 }
 
@@ -212,6 +351,27 @@ mod tests {
             vec![900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
         );
         assert_eq!(leading_timesteps(1000, 3), vec![666, 333, 0]);
+    }
+
+    #[test]
+    fn every_spacing_matches_diffusers_for_25_steps() {
+        let spacing = |kind| Spacing { kind, steps_offset: 0 };
+        let ddim = |kind| spaced_timesteps(spacing(kind), 1000, 25);
+        assert_eq!(ddim(TimestepSpacing::Leading)[..3], [960, 920, 880]);
+        assert_eq!(ddim(TimestepSpacing::Linspace)[..3], [999, 957, 916]);
+        assert_eq!(ddim(TimestepSpacing::Trailing)[..3], [999, 959, 919]);
+        assert_eq!(*ddim(TimestepSpacing::Trailing).last().unwrap(), 39);
+        let offset = Spacing {
+            kind: TimestepSpacing::Leading,
+            steps_offset: 1,
+        };
+        assert_eq!(spaced_timesteps(offset, 1000, 4), vec![751, 501, 251, 1]);
+        // numpy's half-to-even: linspace(0, 999, 3) = [0, 499.5, 999] rounds to 500.
+        assert_eq!(linspace_rounded(999.0, 3), vec![0, 500, 999]);
+        assert_eq!(linspace_rounded(999.0, 1), vec![0]);
+        // Where numpy's arange would add a 62nd element (−1), synthd keeps 61.
+        let trailing = trailing_timesteps(1000, 61);
+        assert_eq!((trailing.len(), trailing[60]), (61, 15));
     }
 
     #[test]
