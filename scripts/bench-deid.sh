@@ -2,7 +2,8 @@
 # De-identification throughput, side by side in one run: synthd deid,
 # dicom-anonymizer (PyPI), gdcmanon (Debian libgdcm-tools) and plain cp as the
 # I/O ceiling, on pydicom's test files and on a generated 1,000-instance MR
-# series. Prints files/s, MB/s and peak RSS. Not a test: figures vary by machine.
+# series. Prints files/s, MB/s (median of REPEAT=3 runs) and peak RSS. Not a
+# test: figures vary by machine.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -27,19 +28,27 @@ for f in "$testfiles"/*.dcm; do dcmdump -q "$f" >/dev/null 2>&1 && cp "$f" "$wor
 openssl req -x509 -newkey rsa:2048 -nodes -subj "/CN=synthd-bench" -days 1 \
   -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
 
-measure() { # name dataset command...
+repeat=${REPEAT:-3}
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+measure() { # name dataset command...   (median of REPEAT runs, peak RSS of all)
   local name=$1 dataset=$2; shift 2
-  rm -rf "$work/out" "$work/out-quarantine"; mkdir -p "$work/out"
-  sync
-  local start end
-  start=$(date +%s.%N)
-  /usr/bin/time -f "%M" -o "$work/rss" "$@" >/dev/null 2>&1 || true
-  end=$(date +%s.%N)
-  local files bytes
+  local times=() rss=0 run start end
+  for run in $(seq 1 "$repeat"); do
+    rm -rf "$work/out" "$work/out-quarantine"; mkdir -p "$work/out"
+    sync
+    start=$(date +%s.%N)
+    /usr/bin/time -f "%M" -o "$work/rss" "$@" >/dev/null 2>&1 || true
+    end=$(date +%s.%N)
+    times+=("$(echo "$end - $start" | bc -l)")
+    rss=$(( $(tail -1 "$work/rss") > rss ? $(tail -1 "$work/rss") : rss ))
+  done
+  local seconds files bytes
+  seconds=$(printf '%s\n' "${times[@]}" | median)
   files=$(find "$work/$dataset" -type f | wc -l)
   bytes=$(du -sb "$work/$dataset" | cut -f1)
-  awk -v n="$name" -v d="$dataset" -v f="$files" -v b="$bytes" -v s="$start" -v e="$end" -v r="$(tail -1 "$work/rss")" \
-    'BEGIN { t = e - s; printf "%-18s %-8s %6d %8.1f %8.2f %9.1f %8.1f %8.1f\n", n, d, f, b/1048576, t, f/t, b/1048576/t, r/1024 }' 
+  awk -v n="$name" -v d="$dataset" -v f="$files" -v b="$bytes" -v t="$seconds" -v r="$rss" \
+    'BEGIN { printf "%-18s %-8s %6d %8.1f %8.3f %9.1f %8.1f %8.1f\n", n, d, f, b/1048576, t, f/t, b/1048576/t, r/1024 }'
 }
 
 largest=$(find "$work/pydicom" "$work/series" -type f -printf "%s\n" | sort -n | tail -1)
