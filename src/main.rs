@@ -174,6 +174,19 @@ fn parse_log_format(text: &str) -> Result<LogFormat, String> {
     }
 }
 
+/// DICOM files are often a little over glibc's 128 KiB mmap threshold, so
+/// every file's buffers were fresh mappings: a page fault and a zeroed page
+/// per 4 KiB, then unmapped again (a quarter of `synthd deid`'s time on a
+/// 1,000-file MR series). Serving them from the heap and not trimming it
+/// reuses the same pages file after file; peak memory is unchanged.
+fn keep_freed_buffers() {
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 fn main() -> ExitCode {
     // Like other Unix tools, stop quietly when the reader of our output goes
     // away (`synthd doctor | head`) instead of panicking on a broken pipe.
@@ -181,6 +194,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    keep_freed_buffers();
     let cli = Cli::parse();
     // --log-format wins; the daemon otherwise follows its config's [log] format.
     let configured = match &cli.command {
