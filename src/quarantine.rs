@@ -117,6 +117,15 @@ fn reason_json(rejection: &Rejection, stage: Stage, file: Option<&str>) -> std::
     Ok(json)
 }
 
+/// Whether a quarantine copy is fsynced on its own, or joins a batch run's
+/// one [`fsutil::sync_filesystem`] at the end (four fsyncs per refused file
+/// dominated runs over many small, often refused, files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Immediate,
+    AtEndOfRun,
+}
+
 /// Quarantines a file a batch command could not handle: a copy as
 /// `dir/q-<keyed hash of its path>/input.dcm` beside `reason.json`. The
 /// input's own name may carry PHI, so it is not used.
@@ -126,37 +135,13 @@ pub fn quarantine_copy(
     quarantine_dir: &Path,
     rejection: &Rejection,
     stage: Stage,
-) -> std::io::Result<PathBuf> {
-    copy_into_quarantine(key, path, quarantine_dir, rejection, stage, true)
-}
-
-/// Like [`quarantine_copy`] without the fsyncs, for batch runs that make
-/// everything durable at once with [`fsutil::sync_filesystem`] before they
-/// report (four fsyncs per quarantined file dominated runs over many small,
-/// often refused, files).
-pub fn quarantine_copy_unsynced(
-    key: &crate::keyfile::SiteKey,
-    path: &Path,
-    quarantine_dir: &Path,
-    rejection: &Rejection,
-    stage: Stage,
-) -> std::io::Result<PathBuf> {
-    copy_into_quarantine(key, path, quarantine_dir, rejection, stage, false)
-}
-
-fn copy_into_quarantine(
-    key: &crate::keyfile::SiteKey,
-    path: &Path,
-    quarantine_dir: &Path,
-    rejection: &Rejection,
-    stage: Stage,
-    durable: bool,
+    durability: Durability,
 ) -> std::io::Result<PathBuf> {
     let digest = crate::phi::keyed_digest(key, "synthd/quarantine", &[path.as_os_str().as_encoded_bytes()]);
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let dir = quarantine_dir.join(format!("q-{name}"));
     fsutil::create_private_dir(&dir)?;
-    let write = if durable {
+    let write = if durability == Durability::Immediate {
         fsutil::write_atomic
     } else {
         fsutil::write_replace

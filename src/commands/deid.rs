@@ -6,7 +6,7 @@ use crate::config::pipeline::{DeidProfile, LoadedPipeline};
 use crate::deid::{DeidOption, Deidentifier};
 use crate::fsutil;
 use crate::keyfile::SiteKey;
-use crate::quarantine::{self, ReasonCode, Rejection, Stage};
+use crate::quarantine::{self, Durability, ReasonCode, Rejection, Stage};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -320,8 +320,15 @@ fn process(
 }
 
 fn quarantine(key: &SiteKey, path: &Path, quarantine_dir: &Path, rejection: &Rejection) -> Result<Outcome> {
-    quarantine::quarantine_copy_unsynced(key, path, quarantine_dir, rejection, Stage::Deid)
-        .with_context(|| format!("deid: cannot quarantine into {}", quarantine_dir.display()))?;
+    quarantine::quarantine_copy(
+        key,
+        path,
+        quarantine_dir,
+        rejection,
+        Stage::Deid,
+        Durability::AtEndOfRun,
+    )
+    .with_context(|| format!("deid: cannot quarantine into {}", quarantine_dir.display()))?;
     Ok(Outcome::Quarantined(rejection.code))
 }
 

@@ -212,8 +212,15 @@ fn quarantine_file(
     quarantine_dir: &Path,
     rejection: &crate::quarantine::Rejection,
 ) -> Result<()> {
-    quarantine::quarantine_copy(key, path, quarantine_dir, rejection, Stage::Deid)
-        .with_context(|| format!("process: cannot quarantine into {}", quarantine_dir.display()))?;
+    quarantine::quarantine_copy(
+        key,
+        path,
+        quarantine_dir,
+        rejection,
+        Stage::Deid,
+        quarantine::Durability::Immediate,
+    )
+    .with_context(|| format!("process: cannot quarantine into {}", quarantine_dir.display()))?;
     tracing::warn!(stage = "deid", reason = %rejection.code, "quarantined an input");
     Ok(())
 }

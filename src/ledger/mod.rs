@@ -464,38 +464,30 @@ impl Ledger {
         code: &str,
         message: &str,
     ) -> Result<(i64, i64), LedgerError> {
-        self.commit_batch()?;
-        let path = self.path.clone();
-        let wrap = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        let t = now();
-        tx.execute(
-            "INSERT INTO jobs (study_key, state, reason_code, reason_message, source, created, updated) \
-             VALUES (?1, 'quarantining', ?2, ?3, ?4, ?5, ?5)",
-            params![new.study_key, code, message, new.inbox_path.to_string_lossy(), t],
-        )
-        .map_err(wrap)?;
-        let job = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO instances (study_key, sop_digest, content_digest, inbox_path, pipeline, job_id, state, arrived) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'quarantined', ?7)",
-            params![
-                new.study_key,
-                new.sop_digest,
-                new.content_digest,
-                new.inbox_path.to_string_lossy(),
-                new.pipeline,
-                job,
-                t
-            ],
-        )
-        .map_err(wrap)?;
-        let instance = tx.last_insert_rowid();
-        tx.commit().map_err(wrap)?;
-        Ok((job, instance))
+        self.transaction(|tx| {
+            let t = now();
+            tx.execute(
+                "INSERT INTO jobs (study_key, state, reason_code, reason_message, source, created, updated) \
+                 VALUES (?1, 'quarantining', ?2, ?3, ?4, ?5, ?5)",
+                params![new.study_key, code, message, new.inbox_path.to_string_lossy(), t],
+            )?;
+            let job = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO instances (study_key, sop_digest, content_digest, inbox_path, pipeline, job_id, state, arrived) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'quarantined', ?7)",
+                params![
+                    new.study_key,
+                    new.sop_digest,
+                    new.content_digest,
+                    new.inbox_path.to_string_lossy(),
+                    new.pipeline,
+                    job,
+                    t
+                ],
+            )?;
+            let instance = tx.last_insert_rowid();
+            Ok((job, instance))
+        })
     }
 
     /// Moves one instance of a running job into a new quarantine job (state
@@ -507,28 +499,20 @@ impl Ledger {
         code: &str,
         message: &str,
     ) -> Result<i64, LedgerError> {
-        self.commit_batch()?;
-        let path = self.path.clone();
-        let wrap = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        let t = now();
-        tx.execute(
-            "INSERT INTO jobs (study_key, state, reason_code, reason_message, source, created, updated) \
+        self.transaction(|tx| {
+            let t = now();
+            tx.execute(
+                "INSERT INTO jobs (study_key, state, reason_code, reason_message, source, created, updated) \
              VALUES (?1, 'quarantining', ?2, ?3, ?4, ?5, ?5)",
-            params![instance.study_key, code, message, source.to_string_lossy(), t],
-        )
-        .map_err(wrap)?;
-        let job = tx.last_insert_rowid();
-        tx.execute(
-            "UPDATE instances SET job_id = ?1, state = 'quarantined' WHERE id = ?2",
-            params![job, instance.id],
-        )
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)?;
-        Ok(job)
+                params![instance.study_key, code, message, source.to_string_lossy(), t],
+            )?;
+            let job = tx.last_insert_rowid();
+            tx.execute(
+                "UPDATE instances SET job_id = ?1, state = 'quarantined' WHERE id = ?2",
+                params![job, instance.id],
+            )?;
+            Ok(job)
+        })
     }
 
     /// Creates a job for these received instances (state Claiming) and assigns them to it.
@@ -538,55 +522,39 @@ impl Ledger {
 
     /// [`Ledger::begin_claim`] for several studies in one transaction.
     pub fn begin_claims(&mut self, claims: &[(&str, Vec<i64>)]) -> Result<Vec<i64>, LedgerError> {
-        self.commit_batch()?;
-        let path = self.path.clone();
-        let wrap = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        let t = now();
-        let mut jobs = Vec::with_capacity(claims.len());
-        for (study_key, instance_ids) in claims {
-            tx.execute(
-                "INSERT INTO jobs (study_key, state, created, updated) VALUES (?1, 'claiming', ?2, ?2)",
-                params![study_key, t],
-            )
-            .map_err(wrap)?;
-            let job = tx.last_insert_rowid();
-            let mut stmt = tx
-                .prepare_cached(
+        self.transaction(|tx| {
+            let t = now();
+            let mut jobs = Vec::with_capacity(claims.len());
+            for (study_key, instance_ids) in claims {
+                tx.execute(
+                    "INSERT INTO jobs (study_key, state, created, updated) VALUES (?1, 'claiming', ?2, ?2)",
+                    params![study_key, t],
+                )?;
+                let job = tx.last_insert_rowid();
+                let mut stmt = tx.prepare_cached(
                     "UPDATE instances SET job_id = ?1, state = 'claimed' WHERE id = ?2 AND state = 'received'",
-                )
-                .map_err(wrap)?;
-            for id in instance_ids {
-                stmt.execute(params![job, id]).map_err(wrap)?;
+                )?;
+                for id in instance_ids {
+                    stmt.execute(params![job, id])?;
+                }
+                jobs.push(job);
             }
-            jobs.push(job);
-        }
-        tx.commit().map_err(wrap)?;
-        Ok(jobs)
+            Ok(jobs)
+        })
     }
 
     /// Moves several jobs to `state` in one transaction.
     pub fn set_jobs_state(&mut self, jobs: &[i64], state: JobState) -> Result<(), LedgerError> {
-        self.commit_batch()?;
-        let path = self.path.clone();
-        let wrap = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        let t = now();
-        {
-            let mut stmt = tx
-                .prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3")
-                .map_err(wrap)?;
-            for job in jobs {
-                stmt.execute(params![state.as_str(), t, job]).map_err(wrap)?;
+        self.transaction(|tx| {
+            let t = now();
+            {
+                let mut stmt = tx.prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3")?;
+                for job in jobs {
+                    stmt.execute(params![state.as_str(), t, job])?;
+                }
             }
-        }
-        tx.commit().map_err(wrap)
+            Ok(())
+        })
     }
 
     pub fn set_job_state(&self, job: i64, state: JobState) -> Result<(), LedgerError> {
@@ -609,23 +577,32 @@ impl Ledger {
     /// for the batch instead of one per instance. The caller made the files
     /// durable first.
     pub fn set_instances_written(&mut self, written: &[(i64, PathBuf)]) -> Result<(), LedgerError> {
+        self.transaction(|tx| {
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE instances SET state = 'written', output = ?1 WHERE id = ?2")?;
+                for (instance, output) in written {
+                    stmt.execute(params![output.to_string_lossy(), instance])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `work` in one transaction, after committing any open batch.
+    fn transaction<T>(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, LedgerError> {
         self.commit_batch()?;
         let path = self.path.clone();
-        let wrap = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        {
-            let mut stmt = tx
-                .prepare_cached("UPDATE instances SET state = 'written', output = ?1 WHERE id = ?2")
-                .map_err(wrap)?;
-            for (instance, output) in written {
-                stmt.execute(params![output.to_string_lossy(), instance])
-                    .map_err(wrap)?;
-            }
-        }
-        tx.commit().map_err(wrap)
+        let wrap = |source| LedgerError::Sqlite { path, source };
+        let result = self.conn.transaction().and_then(|tx| {
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        });
+        result.map_err(wrap)
     }
 
     /// Opens a batch: the writes that follow share one transaction (and one
@@ -656,24 +633,17 @@ impl Ledger {
 
     /// Marks a quarantined job and its instances as sent back to the inbox.
     pub fn mark_requeued(&mut self, job: i64) -> Result<(), LedgerError> {
-        self.commit_batch()?;
-        let path = self.path.clone();
-        let wrap = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        tx.execute(
-            "UPDATE jobs SET state = 'requeued', updated = ?1 WHERE id = ?2",
-            params![now(), job],
-        )
-        .map_err(wrap)?;
-        tx.execute(
-            "UPDATE instances SET state = 'requeued' WHERE job_id = ?1",
-            params![job],
-        )
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)
+        self.transaction(|tx| {
+            tx.execute(
+                "UPDATE jobs SET state = 'requeued', updated = ?1 WHERE id = ?2",
+                params![now(), job],
+            )?;
+            tx.execute(
+                "UPDATE instances SET state = 'requeued' WHERE job_id = ?1",
+                params![job],
+            )?;
+            Ok(())
+        })
     }
 
     /// Job counts by state, in [`JobState::ALL`] order.
