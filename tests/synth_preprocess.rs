@@ -60,13 +60,23 @@ fn real_values(path: &Path) -> (usize, usize, Vec<f32>) {
     )
 }
 
-fn worst_difference(got: &[f32], want: &[f32]) -> (f32, usize) {
+/// Asserts the grids agree within TOLERANCE, naming the worst pixel.
+fn assert_grids_agree(got: &[f32], want: &[f32], columns: usize) {
     assert_eq!(got.len(), want.len());
-    got.iter()
+    let (worst, at) = got
+        .iter()
         .zip(want)
         .map(|(a, b)| (a - b).abs())
         .enumerate()
-        .fold((0.0, 0), |(w, wi), (i, d)| if d > w { (d, i) } else { (w, wi) })
+        .fold((0.0, 0), |(w, wi), (i, d)| if d > w { (d, i) } else { (w, wi) });
+    assert!(
+        worst <= TOLERANCE,
+        "grid pixel ({}, {}): Rust {} vs training code {} (|Δ| = {worst})",
+        at / columns,
+        at % columns,
+        got[at],
+        want[at]
+    );
 }
 
 #[test]
@@ -98,15 +108,7 @@ fn demo_slice_matches_the_training_preprocessing() {
     let model_units: Vec<f32> = values.iter().map(|&x| norm.forward(x)).collect();
     let placement = Placement::fit(rows, cols, v.pixel_spacing_mm, v.grid[0], v.grid[1]);
     let grid = placement.to_grid(&model_units, norm.range[0]);
-    let (worst, at) = worst_difference(&grid, &v.values);
-    assert!(
-        worst <= TOLERANCE,
-        "grid pixel ({}, {}): Rust {} vs training code {} (|Δ| = {worst})",
-        at / v.grid[1],
-        at % v.grid[1],
-        grid[at],
-        v.values[at]
-    );
+    assert_grids_agree(&grid, &v.values, v.grid[1]);
 }
 
 #[test]
@@ -120,13 +122,5 @@ fn anisotropic_pixels_match_the_training_preprocessing() {
         .collect();
     let placement = Placement::fit(v.rows, v.cols, v.pixel_spacing_mm, v.grid[0], v.grid[1]);
     let grid = placement.to_grid(&image, -1.0);
-    let (worst, at) = worst_difference(&grid, &v.values);
-    assert!(
-        worst <= TOLERANCE,
-        "grid pixel ({}, {}): Rust {} vs training code {} (|Δ| = {worst})",
-        at / v.grid[1],
-        at % v.grid[1],
-        grid[at],
-        v.values[at]
-    );
+    assert_grids_agree(&grid, &v.values, v.grid[1]);
 }
