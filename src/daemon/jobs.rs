@@ -82,6 +82,12 @@ impl<E: Engine> Daemon<E> {
     /// the folders involved are fsynced (the first fsync commits the file
     /// system's journal for all of them), and one transaction records them
     /// as claimed. Claiming study by study made a burst of small studies crawl.
+    ///
+    /// Each file goes to the deid stage as soon as it is renamed, so the
+    /// workers start while the claim is still being made durable. That is
+    /// safe because nothing leaves the work folder, and no output is
+    /// recorded, before the claim's commit: a crash in between resumes the
+    /// claim and rewrites the same outputs.
     fn claim(&mut self, due: Vec<(String, Vec<Instance>)>) -> Result<(), DaemonError> {
         if due.is_empty() {
             return Ok(());
@@ -97,18 +103,22 @@ impl<E: Engine> Daemon<E> {
         let mut moved = Vec::with_capacity(jobs.len());
         let mut touched = HashSet::from([self.config.paths.work.clone()]);
         for &job in &jobs {
-            if !self.move_into_work_unsynced(job, &mut touched)? {
+            let unfinished = self.track_job(job)?;
+            if !self.move_into_work_unsynced(job, &unfinished, &mut touched, true)? {
+                // Its dispatched files finish; `resume_moves` completes the claim.
+                self.jobs.remove(&job);
                 break;
             }
             moved.push(job);
         }
         if moved.is_empty() || !self.sync_dirs("claim", &touched) {
+            // Dispatched work goes on; the jobs stay `claiming` until they finish.
             return Ok(());
         }
         self.ledger.set_jobs_state(&moved, JobState::Claimed)?;
         for (job, (study, instances)) in moved.into_iter().zip(&due) {
             tracing::info!(target: "daemon", study = %study, job = %ledger::job_name(job), instances = instances.len(), "study claimed");
-            self.start_job(job)?;
+            self.check_finished(job)?;
         }
         Ok(())
     }
@@ -116,7 +126,13 @@ impl<E: Engine> Daemon<E> {
     /// [`Self::move_into_work_unsynced`], then made durable.
     fn move_into_work(&mut self, job: i64) -> Result<bool, DaemonError> {
         let mut touched = HashSet::from([self.config.paths.work.clone()]);
-        Ok(self.move_into_work_unsynced(job, &mut touched)? && self.sync_dirs("claim", &touched))
+        let claimed: Vec<Instance> = self
+            .ledger
+            .instances_of(job)?
+            .into_iter()
+            .filter(|i| i.state == InstanceState::Claimed)
+            .collect();
+        Ok(self.move_into_work_unsynced(job, &claimed, &mut touched, false)? && self.sync_dirs("claim", &touched))
     }
 
     /// Fsyncs folders whose entries changed; false (and paused) on a fault.
@@ -132,39 +148,63 @@ impl<E: Engine> Daemon<E> {
 
     /// Moves a claiming job's inputs from the inbox into its work folder
     /// (0750, files 0640), not yet durably: the folders whose entries
-    /// changed are added to `touched` for the caller to fsync. False when an
-    /// environment fault stopped it.
-    fn move_into_work_unsynced(&mut self, job: i64, touched: &mut HashSet<PathBuf>) -> Result<bool, DaemonError> {
+    /// changed are added to `touched` for the caller to fsync. With
+    /// `dispatch`, each file is queued for the deid stage once it is in
+    /// place. False when an environment fault stopped it.
+    fn move_into_work_unsynced(
+        &mut self,
+        job: i64,
+        instances: &[Instance],
+        touched: &mut HashSet<PathBuf>,
+        dispatch: bool,
+    ) -> Result<bool, DaemonError> {
         let dir = self.work_dir(job);
+        // Only a resumed claim can find files already moved; a fresh folder
+        // saves a stat per file.
+        let resuming = dir.exists();
         if let Err(error) = fsutil::create_private_dir(&dir) {
             self.io_fault("claim", &error);
             return Ok(false);
         }
-        for instance in self.ledger.instances_of(job)? {
-            if instance.state != InstanceState::Claimed {
-                continue;
-            }
+        for instance in instances {
             let target = dir.join(instance.work_name());
-            if target.exists() {
-                continue;
-            }
-            match std::fs::rename(&instance.inbox_path, &target) {
-                Ok(()) => {
-                    let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640));
-                    if let Some(parent) = instance.inbox_path.parent() {
-                        touched.insert(parent.to_path_buf());
+            let in_place = if resuming && target.exists() {
+                true
+            } else {
+                match std::fs::rename(&instance.inbox_path, &target) {
+                    Ok(()) => {
+                        let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640));
+                        if let Some(parent) = instance.inbox_path.parent() {
+                            touched.insert(parent.to_path_buf());
+                        }
+                        true
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                        // Neither in the inbox nor in work: removed by someone else.
+                        tracing::error!(target: "daemon", job = %ledger::job_name(job), instance = instance.id, "an instance vanished from the inbox before it was claimed; it was not processed");
+                        self.ledger.set_instance_state(instance.id, InstanceState::Requeued)?;
+                        if let Some(progress) = self.jobs.get_mut(&job) {
+                            if progress.remaining.remove(&instance.id) {
+                                progress.tasks -= 1;
+                            }
+                        }
+                        false
+                    }
+                    Err(error) => {
+                        self.io_fault("claim", &error);
+                        return Ok(false);
                     }
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    // Neither in the inbox nor in work: removed by someone else.
-                    tracing::error!(target: "daemon", job = %ledger::job_name(job), instance = instance.id, "an instance vanished from the inbox before it was claimed; it was not processed");
-                    self.ledger.set_instance_state(instance.id, InstanceState::Requeued)?;
-                }
-                Err(error) => {
-                    self.io_fault("claim", &error);
-                    return Ok(false);
+            };
+            if dispatch && in_place {
+                self.enqueue(instance);
+                if self.dispatch.len() >= 16 {
+                    self.push_dispatch();
                 }
             }
+        }
+        if dispatch {
+            self.push_dispatch();
         }
         touched.insert(dir);
         Ok(true)
@@ -172,22 +212,32 @@ impl<E: Engine> Daemon<E> {
 
     /// Hands a claimed job's unfinished instances to the deid stage.
     fn start_job(&mut self, job: i64) -> Result<(), DaemonError> {
+        for instance in self.track_job(job)? {
+            self.enqueue(&instance);
+        }
+        self.check_finished(job)
+    }
+
+    /// Starts tracking a job's progress from the ledger; returns its
+    /// unfinished (claimed) instances.
+    fn track_job(&mut self, job: i64) -> Result<Vec<Instance>, DaemonError> {
         let Some(record) = self.ledger.job(job)? else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let instances = self.ledger.instances_of(job)?;
-        let remaining: HashSet<i64> = instances
-            .iter()
+        let total = instances.len();
+        let unfinished: Vec<Instance> = instances
+            .into_iter()
             .filter(|i| i.state == InstanceState::Claimed)
-            .map(|i| i.id)
             .collect();
+        let remaining: HashSet<i64> = unfinished.iter().map(|i| i.id).collect();
         self.jobs.insert(
             job,
             Progress {
                 study_key: record.study_key,
-                total: instances.len(),
+                total,
                 tasks: remaining.len(),
-                remaining: remaining.clone(),
+                remaining,
                 deidentified: 0,
                 quarantined: 0,
                 started: Instant::now(),
@@ -195,10 +245,7 @@ impl<E: Engine> Daemon<E> {
                 synthesis_started: false,
             },
         );
-        for instance in instances.iter().filter(|i| remaining.contains(&i.id)) {
-            self.enqueue(instance);
-        }
-        self.check_finished(job)
+        Ok(unfinished)
     }
 
     fn enqueue(&mut self, instance: &Instance) {
@@ -362,17 +409,8 @@ impl<E: Engine> Daemon<E> {
                 }
                 self.check_finished(job)?;
             }
-            OutcomeKind::Deidentified => {
-                let all = self.jobs.get_mut(&job).is_some_and(|progress| {
-                    progress.deidentified += 1;
-                    progress.deidentified == progress.tasks
-                });
-                if all {
-                    // Recorded with the round's other reports (see drain_outcomes).
-                    self.deidentified_jobs.push(job);
-                }
-            }
             OutcomeKind::Written(relative) => {
+                self.count_deidentified(job);
                 self.unflushed_since.get_or_insert_with(Instant::now);
                 self.unflushed.push(WrittenOutput {
                     job,
@@ -391,6 +429,10 @@ impl<E: Engine> Daemon<E> {
                 self.pause_for(reason);
             }
             OutcomeKind::Rejected(stage, rejection) => {
+                if stage == Stage::Output {
+                    // De-identified, then refused by the encoder.
+                    self.count_deidentified(job);
+                }
                 if let Some(record) = self.ledger.instance(instance)? {
                     let source = self.work_path(&record);
                     let quarantine_job = self.ledger.begin_instance_quarantine(
@@ -413,6 +455,19 @@ impl<E: Engine> Daemon<E> {
             }
         }
         Ok(())
+    }
+
+    /// Counts an instance the deid stage got through; once all of a job's
+    /// have, the job is recorded as deidentified with the round's other
+    /// reports (see `drain_outcomes`).
+    fn count_deidentified(&mut self, job: i64) {
+        let all = self.jobs.get_mut(&job).is_some_and(|progress| {
+            progress.deidentified += 1;
+            progress.deidentified == progress.tasks
+        });
+        if all {
+            self.deidentified_jobs.push(job);
+        }
     }
 
     /// Hands the written instances of each synthesizing pipeline to the

@@ -35,7 +35,6 @@ pub struct SynthTask<E: Engine> {
 
 #[derive(Debug)]
 pub enum OutcomeKind {
-    Deidentified,
     /// A job's synthesis for one pipeline is durable in the outbox.
     Synthesized(String),
     /// A job's synthesis for one pipeline failed (e.g. model-failure); the
@@ -75,11 +74,8 @@ pub fn deid_worker<E: Engine>(tasks: Receiver<DeidTask<E>>, output: Sender<Outpu
         let (job, instance) = (task.job, task.instance);
         match result {
             Ok(item) => {
-                let _ = outcomes.send(Outcome {
-                    job,
-                    instance,
-                    kind: OutcomeKind::Deidentified,
-                });
+                // No report of its own: the output stage's report implies it,
+                // and one message per instance less keeps the coordinator idle.
                 // A full output queue blocks here: back-pressure up to intake.
                 if output
                     .send(OutputTask {
