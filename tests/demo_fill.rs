@@ -135,13 +135,16 @@ fn check(name: &str) {
         case.original_mean, case.reference_mean
     );
     // Float32 sums in a different order may move a value across a rounding
-    // boundary: one stored unit per pixel, no drift on average.
+    // boundary, and ONNX Runtime's CPU kernels differ by instruction set
+    // (the reference was made on an AVX-512 machine): a few stored units per
+    // pixel at most, no drift on average. The defects this guards against
+    // moved pixels by hundreds.
     assert!(
-        worst <= 1,
+        worst <= 4,
         "{name}: a pixel differs from the reference by {worst} stored units"
     );
     assert!(
-        (mean - case.reference_mean).abs() <= 0.5,
+        (mean - case.reference_mean).abs() <= 1.0,
         "{name}: in-mask mean {mean:.2}, the Python reference's {:.2}",
         case.reference_mean
     );
