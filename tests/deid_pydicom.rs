@@ -197,3 +197,50 @@ fn identical_copies_are_dropped_and_a_conflicting_copy_is_quarantined_whatever_t
     ]);
     assert_eq!(std::fs::read(&files_under(&out)[0]).unwrap(), outputs[0]);
 }
+
+#[test]
+fn an_identifying_value_left_in_a_kept_attribute_is_caught_by_the_residual_check() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    // Image Type is not in Table E.1-1 and is kept; a site that writes the
+    // Patient ID into it (seen in the wild) must not leak it.
+    let mut object = dicom_object::open_file(pydicom_test_files().join("CT_small.dcm")).unwrap();
+    let planted = "ZQ7731X";
+    object.put(DataElement::new(
+        tags::PATIENT_ID,
+        VR::LO,
+        PrimitiveValue::from(planted),
+    ));
+    object.put(DataElement::new(
+        tags::IMAGE_TYPE,
+        VR::CS,
+        PrimitiveValue::Strs(["ORIGINAL", "PRIMARY", planted].iter().map(|s| s.to_string()).collect()),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    object.write_to_file(inputs.join("ct.dcm")).unwrap();
+    let key = key(dir.path(), "k");
+    let out = dir.path().join("out");
+    let result = synthd(&[
+        "deid",
+        inputs.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(result.status.code(), Some(1), "{}", common::stderr(&result));
+    assert!(files_under(&out).is_empty(), "nothing may be written");
+    let reason = files_under(&dir.path().join("out-quarantine"))
+        .into_iter()
+        .find(|p| p.ends_with("reason.json"))
+        .expect("a quarantine entry");
+    let text = std::fs::read_to_string(reason).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["code"], "residual-phi", "{text}");
+    assert!(json["message"].as_str().unwrap().contains("PatientID"), "{text}");
+    assert!(!text.contains(planted), "the reason must not repeat the value");
+    let all_output = format!("{}{}", String::from_utf8_lossy(&result.stdout), common::stderr(&result));
+    assert!(!all_output.contains(planted), "{all_output}");
+}

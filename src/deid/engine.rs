@@ -353,8 +353,14 @@ impl Deidentifier {
         output: &DefaultDicomObject,
         kept: &BTreeSet<&'static str>,
     ) -> Result<(), Rejection> {
-        let mut header_only = output.clone();
-        header_only.remove_element(tags::PIXEL_DATA);
+        // Everything but Pixel Data, without copying the pixels first.
+        let mut header_only = InMemDicomObject::from_element_iter(
+            output
+                .iter()
+                .filter(|element| element.tag() != tags::PIXEL_DATA)
+                .cloned(),
+        )
+        .with_exact_meta(output.meta().clone());
         // Values that name products, not people or places, may equal an
         // identifying value by chance (Institution Name "TOSHIBA" beside
         // Manufacturer "TOSHIBA"); they are left out of the search.
@@ -829,15 +835,15 @@ fn blank_product_names(object: &mut InMemDicomObject) {
 fn contains_uid(haystack: &[u8], uid: &str) -> bool {
     let needle = uid.as_bytes();
     let is_uid_byte = |b: u8| b.is_ascii_digit() || b == b'.';
-    haystack.windows(needle.len()).enumerate().any(|(at, window)| {
-        window == needle
-            && (at == 0 || !is_uid_byte(haystack[at - 1]))
-            && haystack.get(at + needle.len()).is_none_or(|&b| !is_uid_byte(b))
-    })
+    !needle.is_empty()
+        && memchr::memmem::find_iter(haystack, needle).any(|at| {
+            (at == 0 || !is_uid_byte(haystack[at - 1]))
+                && haystack.get(at + needle.len()).is_none_or(|&b| !is_uid_byte(b))
+        })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|window| window == needle)
+    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn put_str(object: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
