@@ -126,3 +126,44 @@ fn a_full_disk_pauses_intake_and_loses_nothing() {
     assert!(log.contains("intake resumed"), "{log}");
     assert_no_phi(&log);
 }
+
+#[test]
+fn a_failing_outbox_flush_records_nothing_until_it_succeeds() {
+    let layout = Layout::new();
+    let flag = layout.dir.path().join("flush-fails");
+    fs::write(&flag, b"").unwrap();
+    let daemon = layout.start(&[("SYNTHD_FAULT_FLUSH_FILE", flag.to_str().unwrap())]);
+    for instance in 1..=4 {
+        fs::write(
+            layout.path("inbox").join(format!("{instance}.dcm")),
+            mr_bytes(31, 1, instance),
+        )
+        .unwrap();
+    }
+    wait_until(Duration::from_secs(15), "intake paused on the failed flush", || {
+        let log = layout.log();
+        log.contains("intake paused") && log.contains("flushing the outbox failed")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // Outputs may be in place, but none is durable, so none is recorded.
+    let status = layout.status();
+    assert_eq!(count(&status, "instances", "written"), 0, "{status}");
+    assert_eq!(count(&status, "jobs", "done"), 0, "{status}");
+    assert!(
+        quarantine_codes(&layout).is_empty(),
+        "a failed flush must never quarantine data"
+    );
+    fs::remove_file(&flag).unwrap();
+    wait_until(Duration::from_secs(20), "the job done once the flush succeeds", || {
+        layout.status()["jobs"]["done"] == 1
+    });
+    assert_eq!(
+        files_under(&layout.path("outbox")).len(),
+        4,
+        "rewritten, not duplicated"
+    );
+    assert_eq!(count(&layout.status(), "instances", "written"), 4);
+    assert!(files_under(&layout.path("work")).is_empty());
+    assert!(daemon.stop().success());
+    assert_no_phi(&layout.log());
+}

@@ -115,6 +115,21 @@ pub fn injected_write_fault() -> Option<io::Error> {
     None
 }
 
+/// Test seam, compiled into debug builds only: while the file named by
+/// `SYNTHD_FAULT_FLUSH_FILE` exists, flushing the outbox fails with EIO.
+#[cfg(debug_assertions)]
+pub fn injected_flush_fault() -> Option<io::Error> {
+    let flag = std::env::var_os("SYNTHD_FAULT_FLUSH_FILE")?;
+    Path::new(&flag)
+        .exists()
+        .then(|| io::Error::from_raw_os_error(libc::EIO))
+}
+
+#[cfg(not(debug_assertions))]
+pub fn injected_flush_fault() -> Option<io::Error> {
+    None
+}
+
 /// Whether the process runs as root.
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -146,7 +146,11 @@ fn write_output(outbox: &Path, relative: &Path, bytes: &[u8]) -> std::io::Result
 /// job and instance 0.
 pub fn flush_worker(batches: Receiver<Vec<WrittenOutput>>, outbox: PathBuf, outcomes: Sender<Outcome>) {
     for batch in batches {
-        let kind = match fsutil::sync_filesystem(&outbox) {
+        let flushed = match system::injected_flush_fault() {
+            Some(error) => Err(error),
+            None => fsutil::sync_filesystem(&outbox),
+        };
+        let kind = match flushed {
             Ok(()) => OutcomeKind::Flushed(batch),
             Err(error) => OutcomeKind::FlushFailed(batch, format!("flushing the outbox failed: {error}")),
         };
