@@ -105,7 +105,19 @@ fn deidentify(input: &Path, work: &Path, key: &Path) -> PathBuf {
         "--jobs",
         "1",
     ]);
-    assert_eq!(result.status.code(), Some(0), "{name}: {}", common::stderr(&result));
+    if result.status.code() != Some(0) {
+        let reasons: Vec<String> = common::files_under(&work.join(format!("{name}-out-quarantine")))
+            .iter()
+            .filter(|p| p.ends_with("reason.json"))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect();
+        panic!(
+            "{name}: exit {:?}\nstdout: {}\nstderr: {}\nquarantine: {reasons:#?}",
+            result.status.code(),
+            String::from_utf8_lossy(&result.stdout),
+            common::stderr(&result)
+        );
+    }
     let written = common::files_under(&out_dir);
     assert_eq!(written.len(), 1, "{name}: one output");
     written[0].clone()

@@ -842,8 +842,22 @@ fn contains_uid(haystack: &[u8], uid: &str) -> bool {
         })
 }
 
+/// Whether `needle` occurs in `haystack`. An all-digit value (a numeric
+/// Patient ID or Accession Number) counts only as a whole number: inside
+/// the 39-digit keyed UIDs of the output it would otherwise turn up by
+/// chance, and which chance depends on the site key.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
+    if needle.is_empty() {
+        return false;
+    }
+    if !needle.iter().all(u8::is_ascii_digit) {
+        return memchr::memmem::find(haystack, needle).is_some();
+    }
+    let is_number_byte = |b: u8| b.is_ascii_digit() || b == b'.';
+    memchr::memmem::find_iter(haystack, needle).any(|at| {
+        (at == 0 || !is_number_byte(haystack[at - 1]))
+            && haystack.get(at + needle.len()).is_none_or(|&b| !is_number_byte(b))
+    })
 }
 
 fn put_str(object: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
@@ -860,4 +874,25 @@ fn code_item(value: &str, meaning: &str) -> InMemDicomObject {
 
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+
+    #[test]
+    fn a_numeric_value_is_found_only_as_a_whole_number() {
+        // A keyed UID may hold the digits of a Patient ID by chance.
+        assert!(!contains(b"\x00UI2.25.123499000456\x00", b"99000"));
+        assert!(!contains(b"DS0.990001", b"99000"));
+        assert!(contains(b"LO99000 ", b"99000"));
+        assert!(contains(b"CSORIGINAL\\99000", b"99000"));
+    }
+
+    #[test]
+    fn other_values_are_found_anywhere() {
+        assert!(contains(b"LOSMITHSON", b"SMITH"));
+        assert!(contains(b"CSPRIMARY\\ZQ7731X", b"ZQ7731X"));
+        assert!(!contains(b"LOSMITH", b""));
+    }
 }
