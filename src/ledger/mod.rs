@@ -565,14 +565,6 @@ impl Ledger {
         Ok(())
     }
 
-    pub fn set_instance_written(&self, instance: i64, output: &Path) -> Result<(), LedgerError> {
-        self.conn
-            .prepare_cached("UPDATE instances SET state = 'written', output = ?1 WHERE id = ?2")
-            .and_then(|mut stmt| stmt.execute(params![output.to_string_lossy(), instance]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
     /// Records a batch of durable outputs in one transaction: one WAL sync
     /// for the batch instead of one per instance. The caller made the files
     /// durable first.
