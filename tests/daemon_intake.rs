@@ -104,8 +104,9 @@ fn sighup_with_a_broken_config_keeps_the_running_one() {
     wait_until(Duration::from_secs(10), "output after the refused reload", || {
         files_under(&layout.path("outbox")).len() == 1
     });
-    // A valid config reloads.
-    fs::write(&layout.config, good).unwrap();
+    // A valid config reloads; what only a restart applies is said so.
+    assert!(good.contains("deid_workers = 2"));
+    fs::write(&layout.config, good.replace("deid_workers = 2", "deid_workers = 1")).unwrap();
     daemon.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(10), "reloaded", || {
         layout.log().contains("reloaded config and pipelines")
@@ -113,6 +114,10 @@ fn sighup_with_a_broken_config_keeps_the_running_one() {
     assert!(daemon.stop().success());
     let log = layout.log();
     assert!(log.contains("no_such_key"), "the refusal says which key: {log}");
+    assert!(
+        log.contains("worker counts or queue_depth changed; they take effect at the next restart"),
+        "{log}"
+    );
     assert_no_phi(&log);
 }
 

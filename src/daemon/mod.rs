@@ -453,6 +453,17 @@ impl<E: Engine> Daemon<E> {
                     if config.paths != self.config.paths {
                         tracing::warn!(target: "daemon", "[paths] changed; the new paths take effect at the next restart");
                     }
+                    // The stage threads, their queues and the log subscriber
+                    // are set up once; say so rather than seem to apply them.
+                    let (new, old) = (&config.raw.daemon, &self.config.raw.daemon);
+                    if (new.deid_workers, new.output_workers, new.queue_depth)
+                        != (old.deid_workers, old.output_workers, old.queue_depth)
+                    {
+                        tracing::warn!(target: "daemon", "[daemon] worker counts or queue_depth changed; they take effect at the next restart");
+                    }
+                    if config.raw.log.format != self.config.raw.log.format {
+                        tracing::warn!(target: "daemon", "[log] format changed; it takes effect at the next restart");
+                    }
                     let pipelines = config.pipelines.len();
                     let paths = self.config.paths.clone();
                     self.config = config;
