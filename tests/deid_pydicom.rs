@@ -9,20 +9,34 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(input: &Path, output: &Path, key: &Path) -> std::process::Output {
-    synthd(&[
+    let crosswalk = output.with_extension("csv");
+    deid(
+        input,
+        output,
+        key,
+        &[
+            "--option",
+            "retain-longitudinal-modified-dates",
+            "--jobs",
+            "2",
+            "--crosswalk",
+            crosswalk.to_str().unwrap(),
+        ],
+    )
+}
+
+/// `synthd deid INPUT --output OUTPUT --key-file KEY`, plus `extra` arguments.
+fn deid(input: &Path, output: &Path, key: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
         "deid",
         input.to_str().unwrap(),
         "--output",
         output.to_str().unwrap(),
         "--key-file",
         key.to_str().unwrap(),
-        "--option",
-        "retain-longitudinal-modified-dates",
-        "--jobs",
-        "2",
-        "--crosswalk",
-        output.with_extension("csv").to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    synthd(&args)
 }
 
 #[test]
@@ -155,16 +169,7 @@ fn identical_copies_are_dropped_and_a_conflicting_copy_is_quarantined_whatever_t
     let mut outputs = Vec::new();
     for (run, jobs) in [("one", "1"), ("two", "2"), ("again", "2")] {
         let out = dir.path().join(run);
-        let result = synthd(&[
-            "deid",
-            inputs.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--key-file",
-            key.to_str().unwrap(),
-            "--jobs",
-            jobs,
-        ]);
+        let result = deid(&inputs, &out, &key, &["--jobs", jobs]);
         assert_eq!(result.status.code(), Some(1), "{}", common::stderr(&result));
         let stdout = String::from_utf8_lossy(&result.stdout);
         assert!(
@@ -187,14 +192,7 @@ fn identical_copies_are_dropped_and_a_conflicting_copy_is_quarantined_whatever_t
     std::fs::create_dir(&alone).unwrap();
     std::fs::write(alone.join("a.dcm"), &original).unwrap();
     let out = dir.path().join("alone-out");
-    synthd(&[
-        "deid",
-        alone.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
+    deid(&alone, &out, &key, &[]);
     assert_eq!(std::fs::read(&files_under(&out)[0]).unwrap(), outputs[0]);
 }
 
@@ -222,14 +220,7 @@ fn an_identifying_value_left_in_a_kept_attribute_is_caught_by_the_residual_check
     object.write_to_file(inputs.join("ct.dcm")).unwrap();
     let key = key(dir.path(), "k");
     let out = dir.path().join("out");
-    let result = synthd(&[
-        "deid",
-        inputs.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
+    let result = deid(&inputs, &out, &key, &[]);
     assert_eq!(result.status.code(), Some(1), "{}", common::stderr(&result));
     assert!(files_under(&out).is_empty(), "nothing may be written");
     let reason = files_under(&dir.path().join("out-quarantine"))
