@@ -1,6 +1,6 @@
-//! Durable file operations. Every output is written to a temporary name,
-//! fsynced, renamed into place, and its folder fsynced, so that a crash
-//! leaves either the old state or the new, never a torn file.
+//! Durable file operations. Every output is written unnamed (O_TMPFILE) or
+//! under a temporary name, fsynced, given its name, and its folder fsynced,
+//! so that a crash leaves either the old state or the new, never a torn file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -42,6 +42,9 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Re
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let temp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    if let Some(file) = open_unnamed(dir, mode)? {
+        return write_unnamed(file, dir, path, &temp, bytes, mode, durable);
+    }
     {
         let mut file = OpenOptions::new()
             .write(true)
@@ -52,12 +55,114 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Re
         file.write_all(bytes)?;
         if durable {
             file.sync_all()?;
+        } else {
+            start_writeback(&file);
         }
     }
     fs::set_permissions(&temp, fs::Permissions::from_mode(mode))?;
     fs::rename(&temp, path)?;
     if durable {
         fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Opens an unnamed file in `dir` (O_TMPFILE) when the kernel, the file
+/// system and /proc allow giving it a name later; `None` means "use a temp
+/// name". An unnamed file needs one folder operation instead of two (create
+/// and rename), which matters when workers write into the same folder, and a
+/// killed writer leaves nothing behind to clean up.
+fn open_unnamed(dir: &Path, mode: u32) -> io::Result<Option<File>> {
+    static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        return Ok(None);
+    }
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(mode)
+        .open(dir)
+    {
+        Ok(file) => Ok(Some(file)),
+        // Not supported by this kernel or file system.
+        Err(error)
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn write_unnamed(
+    mut file: File,
+    dir: &Path,
+    path: &Path,
+    temp: &Path,
+    bytes: &[u8],
+    mode: u32,
+    durable: bool,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    file.write_all(bytes)?;
+    // The umask may have narrowed the mode given to open.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    if durable {
+        file.sync_all()?;
+    } else {
+        start_writeback(&file);
+    }
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match link_fd(&proc_path, path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            // Replacing: name the file under a temp name, then rename over.
+            match fs::remove_file(temp) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+            link_fd(&proc_path, temp)?;
+            fs::rename(temp, path)?;
+        }
+        Err(error) => return Err(error),
+    }
+    if durable {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Starts writing the file's pages to disk without waiting, so that the
+/// batch's closing syncfs finds most of the work done: the disk works while
+/// the workers go on. Advisory: an error here is caught by that syncfs.
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is valid for the duration of the call.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+fn link_fd(proc_path: &str, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(proc_path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let to = CString::new(to.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: both are valid NUL-terminated strings for the duration of the call.
+    let status = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -102,5 +207,31 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files remain");
+    }
+
+    #[test]
+    fn batch_write_creates_then_replaces_with_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.dcm");
+        write_replace(&path, b"first", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        write_replace(&path, b"second, longer", 0o640).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second, longer");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["out.dcm"], "no temp files remain");
+    }
+
+    #[test]
+    fn a_write_into_a_missing_folder_fails_without_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = write_replace(&dir.path().join("absent/out.dcm"), b"x", 0o640).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
