@@ -86,6 +86,24 @@ impl Deidentified {
     }
 }
 
+/// Holds 16-bit native Pixel Data as its little-endian bytes: the encoder
+/// writes a `U16` value one sample at a time, which cost a third of the CPU
+/// time of de-identifying an MR series. The bytes written are the same.
+fn native_pixels_as_bytes(object: &mut InMemDicomObject) {
+    let Some(element) = object.get(tags::PIXEL_DATA) else {
+        return;
+    };
+    let Value::Primitive(PrimitiveValue::U16(samples)) = element.value() else {
+        return;
+    };
+    let mut bytes = Vec::with_capacity(samples.len() * 2);
+    for sample in samples.iter() {
+        bytes.extend_from_slice(&sample.to_le_bytes());
+    }
+    let vr = element.vr();
+    object.put(DataElement::new(tags::PIXEL_DATA, vr, PrimitiveValue::U8(bytes.into())));
+}
+
 /// Attributes whose original values must never survive, searched for in the
 /// output bytes by the residual-PHI self-check (unless an option keeps them).
 const IDENTIFYING: &[(Tag, &str)] = &[
@@ -202,6 +220,9 @@ impl Deidentifier {
             .implementation_version_name(crate::output::implementation_version_name())
             .build()
             .map_err(|e| Rejection::new(ReasonCode::NotDicom, format!("cannot build file meta: {e}")))?;
+        if transfer_syntax != super::read::EXPLICIT_VR_BIG_ENDIAN {
+            native_pixels_as_bytes(&mut object);
+        }
         let object = object.with_exact_meta(meta);
 
         self.residual_check(&original, &object, &walk.kept_identifying)?;
@@ -887,6 +908,25 @@ mod tests {
         assert!(!contains(b"DS0.990001", b"99000"));
         assert!(contains(b"LO99000 ", b"99000"));
         assert!(contains(b"CSORIGINAL\\99000", b"99000"));
+    }
+
+    #[test]
+    fn native_16_bit_pixels_are_held_as_the_same_little_endian_bytes() {
+        use super::native_pixels_as_bytes;
+        use dicom_core::value::PrimitiveValue;
+        use dicom_core::{DataElement, VR};
+        use dicom_dictionary_std::tags;
+        use dicom_object::InMemDicomObject;
+        let mut object = InMemDicomObject::new_empty();
+        object.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16([0x0102, 0xfffe, 7].into_iter().collect()),
+        ));
+        native_pixels_as_bytes(&mut object);
+        let element = object.element(tags::PIXEL_DATA).unwrap();
+        assert_eq!(element.vr(), VR::OW);
+        assert_eq!(element.to_bytes().unwrap().as_ref(), [0x02, 0x01, 0xfe, 0xff, 7, 0]);
     }
 
     #[test]

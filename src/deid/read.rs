@@ -9,7 +9,7 @@ use dicom_object::file::{OpenFileOptions, ReadPreamble};
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject};
 
 /// Retired from the standard in 2004 but still found in old archives.
-const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+pub(super) const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 use std::path::Path;
 
 /// The whole file, read once: every check and the parser work on these bytes.
