@@ -146,8 +146,11 @@ fn a_late_instance_starts_a_follow_up_job_in_the_same_deidentified_study() {
         1,
         "keyed UIDs put the late instance in the same de-identified study"
     );
-    let status = layout.status();
-    assert_eq!(count(&status, "jobs", "done"), 2, "{status}");
+    // An output is visible before the flush that makes it durable; only
+    // then is its job recorded as done.
+    wait_until(Duration::from_secs(10), "both jobs done", || {
+        count(&layout.status(), "jobs", "done") == 2
+    });
     assert!(daemon.stop().success());
     assert_no_phi(&layout.log());
 }
