@@ -185,7 +185,7 @@ impl Deidentifier {
         self.check_burned_in(&original)?;
         // Pixel Data is in no row of the table and always kept: move it to
         // the output rather than copy it through the walk.
-        let pixels = original.take_element(tags::PIXEL_DATA).ok();
+        let pixels = original.take(tags::PIXEL_DATA);
         let text = |tag| string_of(&original, tag).unwrap_or_default();
         let patient_id = text(tags::PATIENT_ID);
         let sop_class_uid = text(tags::SOP_CLASS_UID);
