@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Daemon benchmark (a benchmark, not a test: it prints figures, asserts nothing).
 #
-# For 1 study of 1,000 instances and 100 studies of 10 (64x64 MR, FAKE
-# values, made by fixtures/daemon/make_mr.py), it measures, REPEAT times
+# For 1 study of 1,000 instances and 100 studies of 10 (MR with FAKE values,
+# made by fixtures/daemon/make_mr.py; 64x64 pixels, the worst case for
+# per-file costs, and 256x256, a typical MR matrix), it measures, REPEAT times
 # each (default 3; medians reported, every run listed):
 #   - `synthd deid` on the same files (baseline, same worker count),
 #   - the daemon: files renamed into the inbox at once, then the time from
@@ -15,7 +16,7 @@
 #
 # Usage: scripts/bench-daemon.sh   (release build; WORKERS=2, REPEAT=3;
 #        KEEP_SCRATCH=1 keeps the inputs, outputs and daemon logs;
-#        CASES="many-small" runs one case)
+#        CASES="many-small" runs one case; SIZES="64" one matrix size)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -23,6 +24,7 @@ python=${SYNTHD_PYTHON:-$root/.venv/bin/python}
 workers=${WORKERS:-2}
 repeat=${REPEAT:-3}
 cases=${CASES:-one-large many-small}
+sizes=${SIZES:-64 256}
 stable_age_s=1
 
 # SYNTHD_BIN overrides the binary (e.g. a debug build, to check this script).
@@ -103,13 +105,14 @@ PY
 }
 
 bench_case() {
-  local name=$1 studies=$2 per_study=$3
+  local name=$1 studies=$2 per_study=$3 size=$4
   local total=$((studies * per_study))
-  local dir=$scratch/$name
+  local dir=$scratch/$name-$size
   mkdir -p "$dir"
-  "$python" fixtures/daemon/make_mr.py "$dir/src" "$studies" "$per_study"
+  "$python" fixtures/daemon/make_mr.py "$dir/src" "$studies" "$per_study" "$size"
   "$bin" keygen "$dir/bench.key" >/dev/null
-  printf '%s: %d studies x %d instances = %d\n' "$name" "$studies" "$per_study" "$total"
+  printf '%s, %dx%d: %d studies x %d instances = %d (%s)\n' "$name" "$size" "$size" "$studies" "$per_study" "$total" \
+    "$(du -sh "$dir/src" | cut -f1)"
   local run deid daemon
   : >"$dir/deid.txt"
   : >"$dir/daemon.txt"
@@ -135,10 +138,12 @@ bench_case() {
 }
 
 echo "synthd daemon benchmark ($(nproc) cores, workers=$workers, stable_age=${stable_age_s}s, $repeat runs each)"
-for case in $cases; do
-  case $case in
-    one-large) bench_case one-large 1 1000 ;;
-    many-small) bench_case many-small 100 10 ;;
-    *) echo "bench: unknown case $case (one-large, many-small)" >&2; exit 2 ;;
-  esac
+for size in $sizes; do
+  for case in $cases; do
+    case $case in
+      one-large) bench_case one-large 1 1000 "$size" ;;
+      many-small) bench_case many-small 100 10 "$size" ;;
+      *) echo "bench: unknown case $case (one-large, many-small)" >&2; exit 2 ;;
+    esac
+  done
 done
