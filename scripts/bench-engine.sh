@@ -4,7 +4,11 @@
 # steps and batch. Prints both JSON lines and the ratios against the targets
 # (overhead ratio <= 1.05; throughput >= 1.2x the Python loop).
 #
-#   scripts/bench-engine.sh [PIPELINE] [STEPS] [BATCH] [SLICES] [THREADS] [REPEAT]
+#   scripts/bench-engine.sh [PIPELINE] [STEPS] [BATCH] [SLICES] [THREADS] [REPEAT] [LANES]
+#
+# LANES (default 1) sessions run side by side in synthd, as `[runtime]
+# inference_lanes` does in the daemon, each on its own batches with the cores
+# shared out; the Python loop is always the plain single-session loop.
 #
 # Each side measures REPEAT runs (default 3) and reports its fastest, so that
 # load from other processes on a shared machine skews neither side much.
@@ -20,6 +24,7 @@ batch=${3:-8}
 slices=${4:-64}
 threads=${5:-0}
 repeat=${6:-3}
+lanes=${7:-1}
 
 venv=.bootstrap/bench-venv
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnxruntime, numpy" 2>/dev/null; then
@@ -31,9 +36,9 @@ export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$root/.bootstrap/onnxruntime/libonnxrunt
 cargo build --release --quiet --bin synthd
 model=$(cd "$(dirname "$pipeline")" && realpath "$(sed -n 's/^model = "\(.*\)"/\1/p' "$(basename "$pipeline")")")
 
-echo "== synthd bench ($pipeline, $steps steps, batch $batch, $slices slices, threads $threads)"
+echo "== synthd bench ($pipeline, $steps steps, batch $batch, $slices slices, threads $threads, lanes $lanes)"
 target/release/synthd bench --pipeline "$pipeline" --steps "$steps" --batch "$batch" --slices "$slices" --threads "$threads" \
-    --repeat "$repeat" 2>/dev/null | tee /tmp/synthd-bench.out
+    --lanes "$lanes" --repeat "$repeat" 2>/dev/null | tee /tmp/synthd-bench.out
 rust_json=$(tail -n 1 /tmp/synthd-bench.out)
 
 echo "== python loop (onnxruntime $("$venv/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)'))"

@@ -104,5 +104,14 @@ for provider in cpu cuda tensorrt; do
 done
 ls -la "$cache"/tensorrt 2>/dev/null | sed 's/^/  cache: /'
 
+# Two lanes on one GPU: one lane's host-side sampler step overlaps the other's
+# model run. Compare with "cuda pass 1" above.
+say "bench cuda, 2 lanes"
+out=$(timeout 240 "$bin" bench --pipeline "$pipeline" --provider cuda --steps "$steps" --batch "$batch" --lanes 2 \
+    --cache-dir "$cache" 2>&1)
+echo "$out" | grep -v '^step ' | sed 's/^/  /'
+json=$(echo "$out" | tail -n 1)
+case "$json" in "{"*) results+=("cuda 2 lanes: $json") ;; *) results+=("cuda 2 lanes: FAILED") ;; esac
+
 say "figures"
 printf '%s\n' "${results[@]}"

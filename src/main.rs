@@ -109,9 +109,12 @@ enum Command {
         /// Slices in the measured request [default: 4 batches].
         #[arg(long)]
         slices: Option<usize>,
-        /// CPU intra-op threads; 0 = all cores.
+        /// CPU intra-op threads per lane; 0 = all cores, shared out among the lanes.
         #[arg(long, default_value_t = 0)]
         threads: u32,
+        /// Model sessions run side by side, each on its own batches (as [runtime] inference_lanes).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        lanes: u32,
         /// Use only this execution provider (tensorrt, cuda, cpu) instead of the pipeline's list.
         #[arg(long, value_parser = parse_provider)]
         provider: Option<synthd::config::pipeline::ProviderKind>,
@@ -257,6 +260,7 @@ fn main() -> ExitCode {
             steps,
             slices,
             threads,
+            lanes,
             provider,
             cache_dir,
             onnxruntime,
@@ -267,6 +271,7 @@ fn main() -> ExitCode {
             steps,
             slices,
             threads,
+            lanes,
             cache_dir,
             provider,
             library: onnxruntime,

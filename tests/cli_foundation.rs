@@ -92,7 +92,7 @@ fn validate_reports_wrong_type() {
     let first = stderr(&output).lines().next().unwrap().to_string();
     assert_eq!(
         first,
-        format!("{config}:34:15: `daemon.queue_depth`: invalid type: string \"many\", expected a whole number between 1 and 100000")
+        format!("{config}:37:15: `daemon.queue_depth`: invalid type: string \"many\", expected a whole number between 1 and 100000")
     );
 }
 
@@ -161,6 +161,23 @@ fn validate_reports_out_of_range_value() {
             pipeline.display()
         )
     );
+}
+
+#[test]
+fn validate_refuses_zero_inference_lanes_and_accepts_two() {
+    let (_dir, config) = init_layout();
+    edit(&config, "inference_lanes = 1", "inference_lanes = 0");
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output)
+            .contains("`runtime.inference_lanes`: 0 is out of range: expected a whole number between 1 and 64"),
+        "{}",
+        stderr(&output)
+    );
+    edit(&config, "inference_lanes = 0", "inference_lanes = 2");
+    let output = synthd(&["validate", &config]);
+    assert!(output.status.success(), "{}", stderr(&output));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The diffusion engine end to end on the tiny random-weight models in
 //! fixtures/models/tiny (real ONNX Runtime, CPU provider): inpainting keeps
 //! every pixel outside the mask, outputs are byte-identical across batch
-//! sizes and thread counts, providers fall through with admin-facing reasons,
+//! sizes, thread counts and lanes, providers fall through with admin-facing reasons,
 //! and a model that disagrees with its manifest is refused.
 
 #![allow(clippy::needless_range_loop)] // parallel arrays (input, mask, output) read clearer by index
@@ -25,6 +25,10 @@ fn synth(model: &Path, extra: &str) -> Synth {
 }
 
 fn engine(model: &Path, extra: &str, threads: u32) -> Result<Engine, SynthError> {
+    engine_with_lanes(model, extra, threads, 1)
+}
+
+fn engine_with_lanes(model: &Path, extra: &str, threads: u32, lanes: u32) -> Result<Engine, SynthError> {
     let runtime = synthd::runtime::init(None).expect("ONNX Runtime (run scripts/bootstrap-onnxruntime.sh)");
     let cache = std::env::temp_dir().join("synthd-engine-test-cache");
     Engine::new(
@@ -34,6 +38,7 @@ fn engine(model: &Path, extra: &str, threads: u32) -> Result<Engine, SynthError>
         EngineOptions {
             intra_op_threads: threads,
             cache_dir: cache,
+            lanes,
         },
     )
 }
@@ -157,7 +162,7 @@ fn slices_the_mask_does_not_cut_skip_the_model_and_come_out_unchanged() {
 }
 
 #[test]
-fn same_inputs_give_identical_bytes_across_batch_sizes_and_threads() {
+fn same_inputs_give_identical_bytes_across_batch_sizes_threads_and_lanes() {
     let input = with_square_masks(phantom(8, 32, 32));
     let reference = bits(
         &engine(&tiny("cond"), "batch = 1\nsampler = \"ddpm\"", 1)
@@ -172,6 +177,18 @@ fn same_inputs_give_identical_bytes_across_batch_sizes_and_threads() {
             got == reference,
             "batch {batch}, {threads} threads differ from batch 1, 1 thread"
         );
+    }
+    // Lanes run whole batches side by side, in whatever order they finish.
+    for (batch, lanes) in [(1, 3), (3, 2)] {
+        let e = engine_with_lanes(&tiny("cond"), &format!("batch = {batch}\nsampler = \"ddpm\""), 0, lanes).unwrap();
+        assert_eq!(e.lanes(), lanes as usize);
+        let result = e.inpaint_series(&request(input.clone())).unwrap();
+        assert!(
+            bits(&result) == reference,
+            "batch {batch}, {lanes} lanes differ from batch 1, 1 lane"
+        );
+        assert!(result.busiest_lane_ort_seconds > 0.0);
+        assert!(result.busiest_lane_ort_seconds <= result.ort_seconds);
     }
     // A different seed or variant really changes the result.
     let e = engine(&tiny("cond"), "batch = 8\nsampler = \"ddpm\"", 1).unwrap();
@@ -278,6 +295,7 @@ fn gpu_providers_fall_through_to_cpu_with_reasons_an_admin_can_act_on() {
     let options = EngineOptions {
         intra_op_threads: 1,
         cache_dir: std::env::temp_dir().join("synthd-engine-test-cache"),
+        lanes: 1,
     };
     let e = Engine::new(runtime, &model, &settings, options.clone()).unwrap();
     assert_eq!(e.provider(), ProviderKind::Cpu);

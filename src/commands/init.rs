@@ -96,6 +96,9 @@ key_file = "{key}"
 [runtime]
 # onnxruntime_library = "/opt/onnxruntime/libonnxruntime.so"
 intra_op_threads = 0
+# Model sessions side by side, each on its own batches; on a CPU-only host,
+# 2 gives more slices per second (overnight datasets) at some latency.
+inference_lanes = 1
 
 [log]
 format = "text"

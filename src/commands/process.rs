@@ -57,9 +57,11 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
             let library = config.as_ref().and_then(|c| c.onnxruntime_library.clone());
             let runtime = runtime::init(library.as_deref()).context("process: ONNX Runtime")?;
             let threads = config.as_ref().map_or(0, |c| c.raw.runtime.intra_op_threads);
+            let lanes = config.as_ref().map_or(1, |c| c.raw.runtime.inference_lanes);
             let options = EngineOptions {
                 intra_op_threads: threads,
                 cache_dir: state_dir.join("provider-cache"),
+                lanes,
             };
             Some(
                 Engine::new(runtime, &model, synth, options)

@@ -97,14 +97,34 @@ pub struct DeidSettings {
     pub key_file: Spanned<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     /// Path of libonnxruntime.so; found automatically when absent.
     pub onnxruntime_library: Option<Spanned<PathBuf>>,
-    /// ONNX Runtime intra-op threads on the CPU provider; 0 = all cores.
+    /// ONNX Runtime intra-op threads on the CPU provider; 0 = all cores,
+    /// shared out among the lanes.
     #[serde(default, deserialize_with = "ranges::u32_in::<0, 1024, _>")]
     pub intra_op_threads: u32,
+    /// Model sessions run side by side, each on its own batches. On a CPU,
+    /// 2 or more trade a little latency per series for throughput (each
+    /// session holds its own copy of the weights).
+    #[serde(default = "one_lane", deserialize_with = "ranges::u32_in::<1, 64, _>")]
+    pub inference_lanes: u32,
+}
+
+fn one_lane() -> u32 {
+    1
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            onnxruntime_library: None,
+            intra_op_threads: 0,
+            inference_lanes: one_lane(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

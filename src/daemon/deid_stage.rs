@@ -38,6 +38,7 @@ impl DeidEngine {
                 let options = EngineOptions {
                     intra_op_threads: config.raw.runtime.intra_op_threads,
                     cache_dir: config.paths.state.join("provider-cache"),
+                    lanes: config.raw.runtime.inference_lanes,
                 };
                 let engine = SynthEngine::new(runtime, &model, synth, options)
                     .map_err(|error| format!("pipeline {}: {error}", pipeline.file.display()))?;

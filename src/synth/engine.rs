@@ -1,10 +1,10 @@
 //! The engine the output stage calls: one series in, inpainted slices out.
 //!
-//! Three threads per series, joined by bounded channels: a preparer
-//! (normalise, resample, build masks and cond), the inference loop (sampler
-//! steps over ONNX Runtime), and a finisher (inverse mapping and composite).
-//! The inference loop never waits on preparation or encoding while work is
-//! queued.
+//! Threads joined by bounded channels: a preparer (normalise, resample,
+//! build masks and cond), one inference loop per lane (sampler steps over
+//! its own ONNX Runtime session, whole batches at a time), and a finisher
+//! (inverse mapping and composite). The inference loops never wait on
+//! preparation or encoding while work is queued.
 
 use super::contract;
 use super::error::SynthError;
@@ -59,10 +59,14 @@ pub struct SeriesResult {
     /// Seconds inside `Session::run` per sampler step, summed over batches.
     pub step_ort_seconds: Vec<f64>,
     pub model_runs: usize,
+    /// Seconds inside `Session::run` of the busiest lane, for the whole call
+    /// (shared like `total_seconds`): wall time over this is the overhead.
+    pub busiest_lane_ort_seconds: f64,
 }
 
 pub struct Engine {
-    session: ModelSession,
+    /// One session per lane; the first one's provider serves them all.
+    lanes: Vec<ModelSession>,
     manifest: Manifest,
     sha256: String,
     schedule: NoiseSchedule,
@@ -133,6 +137,23 @@ impl Engine {
         })?;
         let session = ModelSession::open(runtime, model_path, &manifest, synth, &options)?;
         let problems = session.differences(&manifest);
+        // Further lanes use the provider the first one found, without the
+        // fallback search (and its log lines) again.
+        let mut lanes = vec![session];
+        let same_provider = Synth {
+            providers: vec![lanes[0].provider],
+            ..synth.clone()
+        };
+        for _ in 1..options.lanes.max(1) {
+            lanes.push(ModelSession::open_announced(
+                runtime,
+                model_path,
+                &manifest,
+                &same_provider,
+                &options,
+                false,
+            )?);
+        }
         if !problems.is_empty() {
             return Err(SynthError::ContractMismatch {
                 model: model_path.to_path_buf(),
@@ -142,7 +163,7 @@ impl Engine {
         }
         Ok(Engine {
             schedule,
-            session,
+            lanes,
             manifest,
             sha256,
             synth: synth.clone(),
@@ -151,23 +172,30 @@ impl Engine {
     }
 
     pub fn provider(&self) -> ProviderKind {
-        self.session.provider
+        self.lanes[0].provider
+    }
+
+    /// How many sessions run side by side.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// Why each provider listed before the serving one could not serve.
     pub fn provider_fallbacks(&self) -> &[String] {
-        &self.session.fallbacks
+        &self.lanes[0].fallbacks
     }
 
     /// Bind inputs and outputs through ONNX Runtime's IO binding (on by
     /// default on GPU providers, off on the CPU where plain runs are cheaper).
     pub fn set_io_binding(&mut self, on: bool) {
-        self.session.set_io_binding(on);
+        for lane in &mut self.lanes {
+            lane.set_io_binding(on);
+        }
     }
 
     /// Whether any model run so far went through IO binding.
     pub fn used_io_binding(&self) -> bool {
-        self.session.used_io_binding()
+        self.lanes.iter().any(ModelSession::used_io_binding)
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -208,11 +236,15 @@ impl Engine {
         );
         let batch = self.synth.batch.max(1) as usize;
         let steps = self.steps();
-        let (to_infer, from_prepare) = bounded::<Vec<Prepared>>(1);
+        let (to_infer, from_prepare) = bounded::<Vec<Prepared>>(self.lanes.len());
         let (to_finish, from_infer) = bounded::<(Vec<Prepared>, Vec<f32>)>(1);
         let mut timings: Vec<inpaint::Timing> = requests.iter().map(|_| inpaint::Timing::new(steps)).collect();
         let feather = self.synth.feather_px;
         let valid: Vec<usize> = (0..requests.len()).filter(|&r| checks[r].is_ok()).collect();
+        let mut busiest_lane = 0.0f64;
+        // A failing lane stops the others at their next batch: the requests
+        // with slices in flight or queued fail together.
+        let stop = std::sync::atomic::AtomicBool::new(false);
         let (done, failure) = std::thread::scope(|scope| {
             let valid = &valid;
             let preparer = scope.spawn(move || {
@@ -285,39 +317,30 @@ impl Engine {
                 }
                 done
             });
+            let lanes: Vec<_> = self
+                .lanes
+                .iter()
+                .map(|session| {
+                    let (from_prepare, to_finish, stop) = (from_prepare.clone(), to_finish.clone(), &stop);
+                    scope.spawn(move || self.infer(session, requests.len(), steps, &from_prepare, &to_finish, stop))
+                })
+                .collect();
             let mut failure: Option<SynthError> = None;
-            for prepared in from_prepare.iter() {
-                let mut timing = inpaint::Timing::new(steps);
-                match inpaint::denoise(
-                    &self.session,
-                    &self.manifest,
-                    &self.schedule,
-                    &self.synth,
-                    &prepared,
-                    &mut timing,
-                ) {
-                    Ok(grids) => {
-                        // Each request is charged its share of the batch's model time.
-                        let share = 1.0 / prepared.len() as f64;
-                        let mut counted = Vec::new();
-                        for p in &prepared {
-                            let t = &mut timings[p.request];
-                            t.ort_seconds += timing.ort_seconds * share;
-                            for (a, b) in t.per_step.iter_mut().zip(&timing.per_step) {
-                                *a += b * share;
-                            }
-                            if !counted.contains(&p.request) {
-                                counted.push(p.request);
-                                t.runs += timing.runs;
+            for lane in lanes {
+                match lane.join() {
+                    Ok(report) => {
+                        for (total, part) in timings.iter_mut().zip(report.timings) {
+                            total.ort_seconds += part.ort_seconds;
+                            total.runs += part.runs;
+                            for (a, b) in total.per_step.iter_mut().zip(&part.per_step) {
+                                *a += b;
                             }
                         }
-                        if to_finish.send((prepared, grids)).is_err() {
-                            break;
-                        }
+                        busiest_lane = busiest_lane.max(report.ort_seconds);
+                        failure = failure.or(report.failure);
                     }
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
+                    Err(_) => {
+                        failure = failure.or(Some(SynthError::Thread("an inference lane panicked".into())));
                     }
                 }
             }
@@ -365,9 +388,70 @@ impl Engine {
                     total_seconds,
                     step_ort_seconds: timing.per_step,
                     model_runs: timing.runs,
+                    busiest_lane_ort_seconds: busiest_lane,
                 })
             })
             .collect()
+    }
+
+    /// One lane's inference loop: whole batches from the preparer, denoised
+    /// on this lane's session, handed to the finisher.
+    fn infer(
+        &self,
+        session: &ModelSession,
+        requests: usize,
+        steps: usize,
+        from_prepare: &crossbeam_channel::Receiver<Vec<Prepared>>,
+        to_finish: &crossbeam_channel::Sender<(Vec<Prepared>, Vec<f32>)>,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> LaneReport {
+        use std::sync::atomic::Ordering;
+        let mut report = LaneReport {
+            timings: (0..requests).map(|_| inpaint::Timing::new(steps)).collect(),
+            ort_seconds: 0.0,
+            failure: None,
+        };
+        for prepared in from_prepare.iter() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let mut timing = inpaint::Timing::new(steps);
+            match inpaint::denoise(
+                session,
+                &self.manifest,
+                &self.schedule,
+                &self.synth,
+                &prepared,
+                &mut timing,
+            ) {
+                Ok(grids) => {
+                    report.ort_seconds += timing.ort_seconds;
+                    // Each request is charged its share of the batch's model time.
+                    let share = 1.0 / prepared.len() as f64;
+                    let mut counted = Vec::new();
+                    for p in &prepared {
+                        let t = &mut report.timings[p.request];
+                        t.ort_seconds += timing.ort_seconds * share;
+                        for (a, b) in t.per_step.iter_mut().zip(&timing.per_step) {
+                            *a += b * share;
+                        }
+                        if !counted.contains(&p.request) {
+                            counted.push(p.request);
+                            t.runs += timing.runs;
+                        }
+                    }
+                    if to_finish.send((prepared, grids)).is_err() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    stop.store(true, Ordering::Relaxed);
+                    report.failure = Some(error);
+                    break;
+                }
+            }
+        }
+        report
     }
 
     fn steps(&self) -> usize {
@@ -432,6 +516,13 @@ impl Engine {
             .map(|(s, g)| s.mask.clone().unwrap_or(g))
             .collect()
     }
+}
+
+/// What one inference lane did during an `inpaint_many` call.
+struct LaneReport {
+    timings: Vec<inpaint::Timing>,
+    ort_seconds: f64,
+    failure: Option<SynthError>,
 }
 
 fn check_request(request: &SeriesRequest) -> Result<(), SynthError> {

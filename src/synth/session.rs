@@ -19,10 +19,25 @@ use std::time::Instant;
 /// Settings that come from the daemon config rather than the pipeline.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// CPU intra-op threads; 0 = all cores.
+    /// CPU intra-op threads; 0 = all cores (shared out among the lanes).
     pub intra_op_threads: u32,
     /// Where TensorRT keeps its engine and timing caches (under `paths.state`).
     pub cache_dir: PathBuf,
+    /// Sessions that run side by side, each on its own batches (at least 1).
+    pub lanes: u32,
+}
+
+impl EngineOptions {
+    /// Intra-op threads for each lane's session: the configured count, or
+    /// with 0 and several lanes, the cores shared out among them.
+    pub fn threads_per_lane(&self) -> u32 {
+        let lanes = self.lanes.max(1);
+        if self.intra_op_threads != 0 || lanes == 1 {
+            return self.intra_op_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        (cores / lanes).max(1)
+    }
 }
 
 /// Input and output buffers for one batch, made once and reused every step
@@ -62,6 +77,19 @@ impl ModelSession {
         synth: &Synth,
         options: &EngineOptions,
     ) -> Result<ModelSession, SynthError> {
+        Self::open_announced(runtime, model, manifest, synth, options, true)
+    }
+
+    /// Like [`Self::open`]; `announce` = false opens another lane's session
+    /// without logging the provider choice again.
+    pub fn open_announced(
+        runtime: &RuntimeInfo,
+        model: &Path,
+        manifest: &Manifest,
+        synth: &Synth,
+        options: &EngineOptions,
+        announce: bool,
+    ) -> Result<ModelSession, SynthError> {
         let mut reasons = Vec::new();
         for &kind in &synth.providers {
             if kind == ProviderKind::Cpu && synth.require_gpu {
@@ -77,14 +105,16 @@ impl ModelSession {
             };
             match attempt {
                 Ok(session) => {
-                    tracing::info!(
+                    if announce {
+                        tracing::info!(
                         stage = "synth",
                         provider = kind.name(),
                         fallbacks = %joined(&reasons),
                         "{} serves the denoiser{}",
                         runtime::ort_name(kind),
                         if reasons.is_empty() { String::new() } else { format!(" ({})", joined(&reasons)) }
-                    );
+                        );
+                    }
                     let timestep = contract::timestep_input(session.inputs());
                     let output_name = session
                         .outputs()
@@ -357,7 +387,7 @@ fn build(
     };
     let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
     let builder = builder
-        .with_intra_threads(options.intra_op_threads as usize)
+        .with_intra_threads(options.threads_per_lane() as usize)
         .map_err(|e| e.to_string())?
         .with_inter_threads(1)
         .map_err(|e| e.to_string())?
