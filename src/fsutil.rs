@@ -55,8 +55,6 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Re
         file.write_all(bytes)?;
         if durable {
             file.sync_all()?;
-        } else {
-            start_writeback(&file);
         }
     }
     fs::set_permissions(&temp, fs::Permissions::from_mode(mode))?;
@@ -112,8 +110,6 @@ fn write_unnamed(
     file.set_permissions(fs::Permissions::from_mode(mode))?;
     if durable {
         file.sync_all()?;
-    } else {
-        start_writeback(&file);
     }
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
     match link_fd(&proc_path, path) {
@@ -133,17 +129,6 @@ fn write_unnamed(
         fsync_dir(dir)?;
     }
     Ok(())
-}
-
-/// Starts writing the file's pages to disk without waiting, so that the
-/// batch's closing syncfs finds most of the work done: the disk works while
-/// the workers go on. Advisory: an error here is caught by that syncfs.
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is valid for the duration of the call.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
 }
 
 fn link_fd(proc_path: &str, to: &Path) -> io::Result<()> {
