@@ -2,8 +2,9 @@
 # De-identification throughput, side by side in one run: synthd deid,
 # dicom-anonymizer (PyPI), gdcmanon (Debian libgdcm-tools) and plain cp as the
 # I/O ceiling, on pydicom's test files and on a generated 1,000-instance MR
-# series. Prints files/s, MB/s (median of REPEAT=3 runs), the same until the
-# output is synced to disk, and peak RSS. Not a test: figures vary by machine.
+# series. Prints files/s, MB/s (median of REPEAT=3 round-robin runs), the
+# same until the output is synced to disk, and peak RSS. Not a test: figures
+# vary by machine.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -32,36 +33,46 @@ openssl req -x509 -newkey rsa:2048 -nodes -subj "/CN=synthd-bench" -days 1 \
 repeat=${REPEAT:-3}
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-measure() { # name dataset command...   (median of REPEAT runs, peak RSS of all)
-  local name=$1 dataset=$2; shift 2
-  local times=() durable_times=() rss=0 run start end synced
-  for run in $(seq 1 "$repeat"); do
-    # Earlier outputs are moved aside, not deleted: on ext4 without a journal
-    # (this VM's disk) inode allocation steps over every inode deleted in the
-    # last 5 minutes, which would bill each tool for the previous run's rm.
-    for previous in out out-quarantine; do
-      [ -e "$work/$previous" ] && mv "$work/$previous" "$work/spent/$previous.$((spent += 1))"
-    done
-    mkdir -p "$work/out"
-    sync
-    start=$(date +%s.%N)
-    /usr/bin/time -f "%M" -o "$work/rss" "$@" >/dev/null 2>&1 || true
-    end=$(date +%s.%N)
-    # synthd deid returns only once its outputs are on disk (one syncfs);
-    # the others leave that to the kernel. "durable" adds the same sync to
-    # every tool, so that column compares like with like.
-    sync -f "$work/out"
-    synced=$(date +%s.%N)
-    times+=("$(echo "$end - $start" | bc -l)")
-    durable_times+=("$(echo "$synced - $start" | bc -l)")
-    rss=$(( $(tail -1 "$work/rss") > rss ? $(tail -1 "$work/rss") : rss ))
+# One timed run of TOOL on DATASET; appends "seconds durable_seconds rss_kib"
+# to $work/times/TOOL.DATASET.
+run_once() {
+  local tool=$1 dataset=$2 start end synced
+  # Earlier outputs are moved aside, not deleted: on ext4 without a journal
+  # (this VM's disk) inode allocation steps over every inode deleted in the
+  # last 5 minutes, which would bill each tool for the previous run's rm.
+  for previous in out out-quarantine; do
+    [ -e "$work/$previous" ] && mv "$work/$previous" "$work/spent/$previous.$((spent += 1))"
   done
-  local seconds durable files bytes
-  seconds=$(printf '%s\n' "${times[@]}" | median)
-  durable=$(printf '%s\n' "${durable_times[@]}" | median)
+  mkdir -p "$work/out"
+  sync
+  start=$(date +%s.%N)
+  case $tool in
+    cp) /usr/bin/time -f "%M" -o "$work/rss" cp -r "$work/$dataset/." "$work/out/" >/dev/null 2>&1 || true ;;
+    synthd) /usr/bin/time -f "%M" -o "$work/rss" "$synthd" deid "$work/$dataset" --output "$work/out" \
+      --key-file "$work/site.key" --jobs 2 >/dev/null 2>&1 || true ;;
+    gdcmanon) /usr/bin/time -f "%M" -o "$work/rss" gdcmanon -e -r --continue -c "$work/cert.pem" \
+      -i "$work/$dataset" -o "$work/out" >/dev/null 2>&1 || true ;;
+    dicom-anonymizer) /usr/bin/time -f "%M" -o "$work/rss" "$venv/bin/dicom-anonymizer" "$work/$dataset" \
+      "$work/out" >/dev/null 2>&1 || true ;;
+  esac
+  end=$(date +%s.%N)
+  # synthd deid returns only once its outputs are on disk (one syncfs);
+  # the others leave that to the kernel. "durable" adds the same sync to
+  # every tool, so that column compares like with like.
+  sync -f "$work/out"
+  synced=$(date +%s.%N)
+  echo "$(echo "$end - $start" | bc -l) $(echo "$synced - $start" | bc -l) $(tail -1 "$work/rss")" \
+    >>"$work/times/$tool.$dataset"
+}
+
+report() { # tool dataset label
+  local tool=$1 dataset=$2 label=$3 seconds durable rss files bytes
+  seconds=$(cut -d' ' -f1 "$work/times/$tool.$dataset" | median)
+  durable=$(cut -d' ' -f2 "$work/times/$tool.$dataset" | median)
+  rss=$(cut -d' ' -f3 "$work/times/$tool.$dataset" | sort -g | tail -1)
   files=$(find "$work/$dataset" -type f | wc -l)
   bytes=$(du -sb "$work/$dataset" | cut -f1)
-  awk -v n="$name" -v d="$dataset" -v f="$files" -v b="$bytes" -v t="$seconds" -v u="$durable" -v r="$rss" \
+  awk -v n="$label" -v d="$dataset" -v f="$files" -v b="$bytes" -v t="$seconds" -v u="$durable" -v r="$rss" \
     'BEGIN { printf "%-18s %-8s %6d %8.1f %8.3f %9.1f %8.1f %9.1f %8.1f %8.1f\n", n, d, f, b/1048576, t, f/t, b/1048576/t, f/u, b/1048576/u, r/1024 }'
 }
 
@@ -69,9 +80,17 @@ largest=$(find "$work/pydicom" "$work/series" -type f -printf "%s\n" | sort -n |
 awk -v b="$largest" 'BEGIN { printf "largest input file: %.1f MB\n", b/1048576 }' 
 echo "files/s and MB/s: until the tool exits; durable: until its output is also synced to disk"
 printf "%-18s %-8s %6s %8s %8s %9s %8s %9s %8s %8s\n" tool dataset files MB seconds files/s MB/s durable/s dMB/s peakMB
+mkdir -p "$work/times"
+# Round robin: every repeat runs each tool once, so a noisy spell on a shared
+# machine lands on all of them rather than on whichever ran then.
+tools="cp synthd gdcmanon dicom-anonymizer"
 for dataset in pydicom series; do
-  measure "cp" "$dataset" cp -r "$work/$dataset/." "$work/out/"
-  measure "synthd deid" "$dataset" "$synthd" deid "$work/$dataset" --output "$work/out" --key-file "$work/site.key" --jobs 2
-  measure "gdcmanon" "$dataset" gdcmanon -e -r --continue -c "$work/cert.pem" -i "$work/$dataset" -o "$work/out"
-  measure "dicom-anonymizer" "$dataset" "$venv/bin/dicom-anonymizer" "$work/$dataset" "$work/out"
+  for run in $(seq 1 "$repeat"); do
+    for tool in $tools; do run_once "$tool" "$dataset"; done
+  done
+  for tool in $tools; do
+    report "$tool" "$dataset" "$([ "$tool" = synthd ] && echo "synthd deid" || echo "$tool")"
+  done
 done
+awk -v r="$repeat" 'BEGIN { printf "(median of %d round-robin runs; peak RSS over all)\n", r }'
+
