@@ -43,7 +43,9 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Re
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let temp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     if let Some(file) = open_unnamed(dir, mode)? {
-        return write_unnamed(file, dir, path, &temp, bytes, mode, durable);
+        if write_unnamed(file, dir, path, &temp, bytes, mode, durable)? {
+            return Ok(());
+        }
     }
     {
         let mut file = OpenOptions::new()
@@ -72,7 +74,9 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Re
 /// killed writer leaves nothing behind to clean up.
 fn open_unnamed(dir: &Path, mode: u32) -> io::Result<Option<File>> {
     static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+    if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+        || UNNAMED_UNLINKABLE.load(std::sync::atomic::Ordering::Relaxed)
+    {
         return Ok(None);
     }
     match OpenOptions::new()
@@ -95,6 +99,14 @@ fn open_unnamed(dir: &Path, mode: u32) -> io::Result<Option<File>> {
     }
 }
 
+/// Set once giving an unnamed file a name was refused (a security module,
+/// a file system without linkat support): from then on, temp names only.
+static UNNAMED_UNLINKABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes `bytes` into the unnamed `file` and names it `path`. `Ok(false)`:
+/// the name could not be given for a reason that is not the data's or the
+/// disk's (the caller writes again under a temp name, which reports any real
+/// fault, such as a missing folder, in the usual way).
 fn write_unnamed(
     mut file: File,
     dir: &Path,
@@ -103,7 +115,7 @@ fn write_unnamed(
     bytes: &[u8],
     mode: u32,
     durable: bool,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     file.write_all(bytes)?;
     // The umask may have narrowed the mode given to open.
@@ -123,12 +135,20 @@ fn write_unnamed(
             link_fd(&proc_path, temp)?;
             fs::rename(temp, path)?;
         }
-        Err(error) => return Err(error),
+        Err(error) => {
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::EPERM | libc::EACCES | libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL)
+            ) {
+                UNNAMED_UNLINKABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Ok(false);
+        }
     }
     if durable {
         fsync_dir(dir)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 fn link_fd(proc_path: &str, to: &Path) -> io::Result<()> {
@@ -210,6 +230,19 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names, ["out.dcm"], "no temp files remain");
+    }
+
+    #[test]
+    fn where_unnamed_files_cannot_be_linked_temp_names_serve() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.dcm");
+        UNNAMED_UNLINKABLE.store(true, Ordering::Relaxed);
+        let result = write_replace(&path, b"via a temp name", 0o640);
+        UNNAMED_UNLINKABLE.store(false, Ordering::Relaxed);
+        result.unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"via a temp name");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp files remain");
     }
 
     #[test]
