@@ -142,7 +142,14 @@ struct Timers {
     watchdog: Instant,
     watchdog_every: Option<Duration>,
     status: Instant,
+    /// When the outbox's free space was last found sufficient.
+    space_checked: Option<Instant>,
 }
+
+/// How long a free-space check holds: statvfs on every turn of a busy loop
+/// cost a few percent of the coordinator, and a write that runs out of space
+/// in between pauses intake on its own (ENOSPC is an environment fault).
+const SPACE_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 impl<E: Engine> Daemon<E> {
     /// Opens the ledger, starts the stage threads and resumes unfinished jobs.
@@ -225,6 +232,7 @@ impl<E: Engine> Daemon<E> {
                 watchdog: Instant::now(),
                 watchdog_every: system::watchdog_interval(),
                 status: Instant::now(),
+                space_checked: None,
             },
         };
         for instance in daemon.ledger.received()? {
@@ -486,6 +494,15 @@ impl<E: Engine> Daemon<E> {
                 return false;
             }
         }
+        if self.pause.is_none()
+            && self
+                .timers
+                .space_checked
+                .is_some_and(|t| t.elapsed() < SPACE_CHECK_EVERY)
+        {
+            return true;
+        }
+        self.timers.space_checked = None;
         let min_free = self.config.raw.daemon.min_free_space.0;
         match system::free_space(&self.config.paths.outbox) {
             Ok(free) if free < min_free => {
@@ -498,7 +515,7 @@ impl<E: Engine> Daemon<E> {
                 self.pause_for(format!("cannot check the outbox ({error}); is the mount present?"));
                 return false;
             }
-            Ok(_) => {}
+            Ok(_) => self.timers.space_checked = Some(Instant::now()),
         }
         if let Some(pause) = self.pause.take() {
             tracing::info!(target: "daemon", reason = %pause.reason, "intake resumed");
