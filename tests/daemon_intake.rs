@@ -5,6 +5,7 @@ mod daemon_support;
 
 use daemon_support::*;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -48,7 +49,13 @@ fn three_slowly_copied_studies_are_each_processed_once_after_stable_age() {
     }
     assert!(files_under(&inbox).is_empty(), "{:?}", files_under(&inbox));
     assert!(files_under(&layout.path("work")).is_empty());
-    assert_eq!(files_under(&layout.path("archive")).len(), 12);
+    let archived = files_under(&layout.path("archive"));
+    assert_eq!(archived.len(), 12);
+    for original in &archived {
+        // Written by this test with the default umask (0644); originals hold PHI.
+        let mode = fs::metadata(original).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{}", original.display());
+    }
     let status = layout.status();
     assert_eq!(count(&status, "jobs", "done"), 3, "{status}");
     assert_eq!(count(&status, "instances", "written"), 12, "{status}");

@@ -173,7 +173,7 @@ impl<E: Engine> Daemon<E> {
             } else {
                 match std::fs::rename(&instance.inbox_path, &target) {
                     Ok(()) => {
-                        let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640));
+                        // Its mode becomes 0640 in the deid worker, off this thread.
                         if let Some(parent) = instance.inbox_path.parent() {
                             touched.insert(parent.to_path_buf());
                         }

@@ -7,6 +7,7 @@ use super::system;
 use crate::fsutil;
 use crate::quarantine::{Rejection, Stage};
 use crossbeam_channel::{Receiver, Sender};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -70,6 +71,10 @@ pub struct Outcome {
 
 pub fn deid_worker<E: Engine>(tasks: Receiver<DeidTask<E>>, output: Sender<OutputTask<E>>, outcomes: Sender<Outcome>) {
     for task in tasks {
+        // Claimed originals hold PHI: 0640 inside the 0750 work folder,
+        // whatever mode they arrived with. Here rather than in the claim,
+        // which renames every file on the coordinator's thread.
+        let _ = std::fs::set_permissions(&task.path, std::fs::Permissions::from_mode(0o640));
         let result = task.engine.deidentify(&task.pipeline, &task.path);
         let (job, instance) = (task.job, task.instance);
         match result {
