@@ -107,12 +107,16 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         result.model_runs,
         engine.used_io_binding()
     );
-    println!(
-        "time inside session.run: {:.4} s (busiest of {} lanes: {:.4} s)",
-        result.ort_seconds,
-        engine.lanes(),
-        result.busiest_lane_ort_seconds
-    );
+    if engine.lanes() > 1 {
+        println!(
+            "time inside session.run: {:.4} s over {} lanes (busiest lane: {:.4} s)",
+            result.ort_seconds,
+            engine.lanes(),
+            result.busiest_lane_ort_seconds
+        );
+    } else {
+        println!("time inside session.run: {:.4} s", result.ort_seconds);
+    }
     println!("total wall time: {:.4} s", result.total_seconds);
     println!("overhead ratio (wall / busiest lane's session.run): {overhead:.3}");
     println!("throughput: {throughput:.2} slices/s");
