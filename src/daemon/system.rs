@@ -102,31 +102,24 @@ pub fn is_environment_fault(error: &io::Error) -> bool {
 
 /// Test seam, compiled into debug builds only: while the file named by
 /// `SYNTHD_FAULT_ENOSPC_FILE` exists, output writes fail with ENOSPC.
-#[cfg(debug_assertions)]
 pub fn injected_write_fault() -> Option<io::Error> {
-    let flag = std::env::var_os("SYNTHD_FAULT_ENOSPC_FILE")?;
-    Path::new(&flag)
-        .exists()
-        .then(|| io::Error::from_raw_os_error(libc::ENOSPC))
-}
-
-#[cfg(not(debug_assertions))]
-pub fn injected_write_fault() -> Option<io::Error> {
-    None
+    injected_fault("SYNTHD_FAULT_ENOSPC_FILE", libc::ENOSPC)
 }
 
 /// Test seam, compiled into debug builds only: while the file named by
 /// `SYNTHD_FAULT_FLUSH_FILE` exists, flushing the outbox fails with EIO.
-#[cfg(debug_assertions)]
 pub fn injected_flush_fault() -> Option<io::Error> {
-    let flag = std::env::var_os("SYNTHD_FAULT_FLUSH_FILE")?;
-    Path::new(&flag)
-        .exists()
-        .then(|| io::Error::from_raw_os_error(libc::EIO))
+    injected_fault("SYNTHD_FAULT_FLUSH_FILE", libc::EIO)
+}
+
+#[cfg(debug_assertions)]
+fn injected_fault(flag_variable: &str, errno: i32) -> Option<io::Error> {
+    let flag = std::env::var_os(flag_variable)?;
+    Path::new(&flag).exists().then(|| io::Error::from_raw_os_error(errno))
 }
 
 #[cfg(not(debug_assertions))]
-pub fn injected_flush_fault() -> Option<io::Error> {
+fn injected_fault(_flag_variable: &str, _errno: i32) -> Option<io::Error> {
     None
 }
 
