@@ -61,7 +61,155 @@ pub fn read_header(path: &Path) -> Result<HeaderSummary, Rejection> {
 }
 
 fn read(path: &Path, until: Option<dicom_core::Tag>) -> Result<DefaultDicomObject, Rejection> {
-    read_bytes(&contents(path)?, until)
+    let bytes = contents(path)?;
+    if until.is_none() {
+        if let Some(object) = read_with_trailing_native_pixels(&bytes) {
+            return Ok(object);
+        }
+    }
+    read_bytes(&bytes, until)
+}
+
+/// The common case read without decoding the pixels: a Part 10 file in a
+/// native little-endian transfer syntax whose last element is Pixel Data of
+/// defined length. The parser reads everything before it; the pixels are
+/// taken as the bytes they are. Through the parser, 16-bit Pixel Data was
+/// zero-filled, read, then widened sample by sample, which cost more than
+/// the rest of de-identifying an MR slice. `None`: not that case (or the
+/// prefix does not parse alone), and the caller reads the whole file as
+/// before, so every error is still reported by the one full parse.
+fn read_with_trailing_native_pixels(bytes: &[u8]) -> Option<DefaultDicomObject> {
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return None;
+    }
+    if length_problem(bytes, 132).is_some() {
+        return None;
+    }
+    let (transfer_syntax, dataset_start) = meta_transfer_syntax(bytes, 132)?;
+    let explicit = match transfer_syntax.as_str() {
+        uids::IMPLICIT_VR_LITTLE_ENDIAN => false,
+        uids::EXPLICIT_VR_LITTLE_ENDIAN => true,
+        _ => return None,
+    };
+    let (at, header, vr) = trailing_pixel_data(bytes, dataset_start, explicit)?;
+    let mut object = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(&bytes[..at])
+        .ok()?;
+    if object.get(tags::PIXEL_DATA).is_some() {
+        return None;
+    }
+    object.put(dicom_object::mem::InMemElement::new(
+        tags::PIXEL_DATA,
+        vr,
+        dicom_core::PrimitiveValue::U8(dicom_core::value::C::from_slice(&bytes[at + header..])),
+    ));
+    Some(object)
+}
+
+/// The Transfer Syntax UID of a file meta group starting at `start`, and
+/// the offset where the dataset begins.
+fn meta_transfer_syntax(bytes: &[u8], start: usize) -> Option<(String, usize)> {
+    let mut at = start;
+    let mut transfer_syntax = None;
+    while at + 8 <= bytes.len() && u16::from_le_bytes([bytes[at], bytes[at + 1]]) == 0x0002 {
+        let (length, header) = explicit_length(&bytes[at..], false)?;
+        let value = bytes.get(at + header..at + header + length)?;
+        if u16::from_le_bytes([bytes[at + 2], bytes[at + 3]]) == 0x0010 {
+            transfer_syntax = Some(String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_string());
+        }
+        at += header + length;
+    }
+    Some((transfer_syntax?, at))
+}
+
+/// (offset, header length, VR) of a top-level Pixel Data element whose
+/// defined, even length ends exactly at the end of the file, found by
+/// walking the element headers (and the items of undefined-length
+/// sequences) from `start`. `None` for anything else; a walk that goes
+/// wrong on a malformed file leaves a prefix the parser refuses.
+fn trailing_pixel_data(bytes: &[u8], start: usize, explicit: bool) -> Option<(usize, usize, dicom_core::VR)> {
+    use dicom_core::VR;
+    let mut at = start;
+    while at + 8 <= bytes.len() {
+        let tag = tag_at(bytes, at);
+        let (length, header) = element_length(bytes, at, explicit)?;
+        if tag == (0x7FE0, 0x0010) {
+            let vr = if !explicit {
+                VR::OW // as the implicit VR decoder reads Pixel Data
+            } else {
+                match &bytes[at + 4..at + 6] {
+                    b"OB" => VR::OB,
+                    b"OW" => VR::OW,
+                    _ => return None,
+                }
+            };
+            let fits = length != UNDEFINED && length % 2 == 0 && at + header + length as usize == bytes.len();
+            return fits.then_some((at, header, vr));
+        }
+        at = if length == UNDEFINED {
+            if explicit && &bytes[at + 4..at + 6] != b"SQ" {
+                return None;
+            }
+            skip_items(bytes, at + header, explicit)?
+        } else {
+            at.checked_add(header)?.checked_add(length as usize)?
+        };
+    }
+    None
+}
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+fn tag_at(bytes: &[u8], at: usize) -> (u16, u16) {
+    (
+        u16::from_le_bytes([bytes[at], bytes[at + 1]]),
+        u16::from_le_bytes([bytes[at + 2], bytes[at + 3]]),
+    )
+}
+
+/// (value length, header length) of the little-endian element at `at`.
+fn element_length(bytes: &[u8], at: usize, explicit: bool) -> Option<(u32, usize)> {
+    if explicit {
+        let (length, header) = explicit_length(bytes.get(at..)?, false)?;
+        Some((length as u32, header))
+    } else {
+        Some((u32::from_le_bytes(bytes.get(at + 4..at + 8)?.try_into().ok()?), 8))
+    }
+}
+
+/// The offset just past the Sequence Delimitation Item of an
+/// undefined-length sequence whose first item starts at `at`.
+fn skip_items(bytes: &[u8], mut at: usize, explicit: bool) -> Option<usize> {
+    loop {
+        let length = u32::from_le_bytes(bytes.get(at + 4..at + 8)?.try_into().ok()?);
+        match tag_at(bytes.get(..at + 8)?, at) {
+            (0xFFFE, 0xE0DD) => return Some(at + 8),
+            (0xFFFE, 0xE000) if length == UNDEFINED => at = skip_item_elements(bytes, at + 8, explicit)?,
+            (0xFFFE, 0xE000) => at = at.checked_add(8)?.checked_add(length as usize)?,
+            _ => return None,
+        }
+    }
+}
+
+/// The offset just past the Item Delimitation Item of an undefined-length
+/// item whose first element starts at `at`.
+fn skip_item_elements(bytes: &[u8], mut at: usize, explicit: bool) -> Option<usize> {
+    loop {
+        bytes.get(at + 8)?;
+        if tag_at(bytes, at) == (0xFFFE, 0xE00D) {
+            return Some(at + 8);
+        }
+        let (length, header) = element_length(bytes, at, explicit)?;
+        at = if length == UNDEFINED {
+            if explicit && &bytes[at + 4..at + 6] != b"SQ" {
+                return None;
+            }
+            skip_items(bytes, at + header, explicit)?
+        } else {
+            at.checked_add(header)?.checked_add(length as usize)?
+        };
+    }
 }
 
 fn read_bytes(bytes: &[u8], until: Option<dicom_core::Tag>) -> Result<DefaultDicomObject, Rejection> {
@@ -345,10 +493,119 @@ fn redact(error: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dicom_core::Tag;
 
     /// The head of an ICC colour profile (as shipped in pydicom's test
     /// files): read as implicit VR it declares a 1.9 GB element.
     const ICC_HEAD: &[u8] = b"\x00\x00\x22\x38lcms\x04\x00\x00\x00mntrRGB XYZ \x07\xdd\x00\x03\x00\x19\x00\x11";
+
+    /// A Part 10 file with a few header elements and `pixels` as Pixel Data
+    /// (OW), followed by `trailer` elements.
+    fn part10(transfer_syntax: &str, pixels: Vec<u8>, trailer: &[dicom_object::mem::InMemElement]) -> Vec<u8> {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        let mut object = InMemDicomObject::new_empty();
+        object.put(DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.5.1.4.1.1.4",
+        ));
+        object.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4"));
+        object.put(DataElement::new(tags::PATIENT_NAME, VR::PN, "Fake^Patient"));
+        object.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(2u16)));
+        object.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U8(pixels.into()),
+        ));
+        for element in trailer {
+            object.put(element.clone());
+        }
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.4")
+            .media_storage_sop_instance_uid("1.2.3.4")
+            .transfer_syntax(transfer_syntax)
+            .build()
+            .unwrap();
+        let mut bytes = Vec::new();
+        object.with_exact_meta(meta).write_all(&mut bytes).unwrap();
+        bytes
+    }
+
+    fn encoded(object: &DefaultDicomObject) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        object.write_all(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn trailing_native_pixels_are_taken_as_bytes_and_encode_as_the_full_parse_does() {
+        for transfer_syntax in [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN] {
+            let bytes = part10(transfer_syntax, (0u8..=255).collect(), &[]);
+            let fast = read_with_trailing_native_pixels(&bytes).expect("the fast path applies");
+            let value = fast.get(tags::PIXEL_DATA).unwrap().value();
+            assert!(matches!(
+                value,
+                dicom_core::value::Value::Primitive(dicom_core::PrimitiveValue::U8(_))
+            ));
+            let full = read_bytes(&bytes, None).unwrap();
+            assert_eq!(encoded(&fast), encoded(&full), "{transfer_syntax}");
+            assert_eq!(encoded(&fast), bytes);
+        }
+    }
+
+    #[test]
+    fn pixel_values_shaped_like_a_pixel_data_header_are_still_pixels() {
+        // The last 16 bytes of the pixels read as "(7FE0,0010) OW, 4 bytes".
+        let mut pixels = vec![1u8; 64];
+        pixels.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 4, 0, 0, 0, 9, 9, 9, 9]);
+        let bytes = part10(uids::EXPLICIT_VR_LITTLE_ENDIAN, pixels.clone(), &[]);
+        let object = read_with_trailing_native_pixels(&bytes).expect("the fast path applies");
+        assert_eq!(
+            object.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().as_ref(),
+            &pixels[..]
+        );
+    }
+
+    #[test]
+    fn undefined_length_sequences_before_pixel_data_are_walked_through() {
+        use dicom_core::value::DataSetSequence;
+        use dicom_core::{DataElement, Length, PrimitiveValue, VR};
+        let inner = InMemDicomObject::from_element_iter([DataElement::new(
+            tags::CODE_VALUE,
+            VR::SH,
+            PrimitiveValue::from("113100"),
+        )]);
+        let nested = DataElement::new(
+            tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::new(vec![inner], Length::UNDEFINED),
+        );
+        let item = InMemDicomObject::from_element_iter([nested]);
+        // Sorts before Pixel Data and after the other header elements.
+        let sequence = DataElement::new(
+            tags::REFERENCED_IMAGE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::new(vec![item.clone(), item], Length::UNDEFINED),
+        );
+        for transfer_syntax in [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN] {
+            let bytes = part10(transfer_syntax, vec![3u8; 40], std::slice::from_ref(&sequence));
+            assert!(
+                memchr::memmem::find(&bytes, &[0xFE, 0xFF, 0xDD, 0xE0]).is_some(),
+                "a delimited sequence"
+            );
+            let fast = read_with_trailing_native_pixels(&bytes).expect("the fast path applies");
+            assert_eq!(encoded(&fast), bytes, "{transfer_syntax}");
+        }
+    }
+
+    #[test]
+    fn elements_after_pixel_data_leave_the_file_to_the_full_parse() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        let padding = DataElement::new(Tag(0xFFFC, 0xFFFC), VR::OB, PrimitiveValue::U8(vec![0u8; 8].into()));
+        let bytes = part10(uids::EXPLICIT_VR_LITTLE_ENDIAN, vec![5u8; 32], &[padding]);
+        assert!(read_with_trailing_native_pixels(&bytes).is_none());
+        assert!(read_bytes(&bytes, None).unwrap().get(Tag(0xFFFC, 0xFFFC)).is_some());
+    }
 
     #[test]
     fn a_wrong_encoding_guess_with_a_huge_length_is_refused_before_parsing() {
