@@ -27,6 +27,9 @@ pub struct DeidArgs {
 enum Outcome {
     Written {
         crosswalk: Vec<(String, String, String)>,
+        /// Why the input that had written the same path earlier in the run
+        /// was quarantined, when this one displaced it.
+        displaced: Option<ReasonCode>,
     },
     /// The same instance, byte for byte, as another input: recorded and dropped.
     Duplicate,
@@ -129,12 +132,16 @@ pub fn run(args: DeidArgs) -> Result<i32> {
                         };
                         match process(&deidentifier, &key, path, &args.output, &quarantine_dir, &claims) {
                             Ok(Outcome::Duplicate) => tally.duplicates += 1,
-                            Ok(Outcome::Written { crosswalk }) if want_crosswalk => {
-                                for (attribute, original, replacement) in crosswalk {
-                                    tally.crosswalk.insert((attribute, original), replacement);
+                            Ok(Outcome::Written { crosswalk, displaced }) => {
+                                if want_crosswalk {
+                                    for (attribute, original, replacement) in crosswalk {
+                                        tally.crosswalk.insert((attribute, original), replacement);
+                                    }
+                                }
+                                if let Some(code) = displaced {
+                                    *tally.reasons.entry(code).or_default() += 1;
                                 }
                             }
-                            Ok(Outcome::Written { .. }) => {}
                             Ok(Outcome::Quarantined(code)) => *tally.reasons.entry(code).or_default() += 1,
                             Err(error) => {
                                 // An environment fault (disk full, unwritable
@@ -305,15 +312,19 @@ fn process(
                 .map_err(|_| anyhow::anyhow!("deid: a worker panicked"))?
                 .insert(target.clone(), path.to_path_buf());
             drop(_writing);
-            if let Some(replaced) = loser {
-                quarantine(key, &replaced, quarantine_dir, &conflict())?;
-            }
+            let displaced = match loser {
+                Some(replaced) => match quarantine(key, &replaced, quarantine_dir, &conflict())? {
+                    Outcome::Quarantined(code) => Some(code),
+                    _ => None,
+                },
+                None => None,
+            };
             let crosswalk = deidentified
                 .crosswalk
                 .into_iter()
                 .map(|entry| (entry.attribute, entry.original.into_inner(), entry.replacement))
                 .collect();
-            Ok(Outcome::Written { crosswalk })
+            Ok(Outcome::Written { crosswalk, displaced })
         }
         Err(rejection) => quarantine(key, path, quarantine_dir, &rejection),
     }
@@ -345,5 +356,39 @@ fn csv(text: &str) -> String {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
         text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_displaced_by_the_one_that_sorts_first_is_counted_as_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::keyfile::generate(&dir.path().join("k")).unwrap();
+        let key = SiteKey::read(&dir.path().join("k")).unwrap();
+        let deidentifier = Deidentifier::new(key.clone(), &DeidProfile::default()).unwrap();
+        // One SOP Instance, two contents; "a" sorts first, so it wins.
+        let (first, last) = (dir.path().join("a.dcm"), dir.path().join("c.dcm"));
+        crate::daemon::tests::write_mr(&first, "1.2.3", "1.2.3.4", "Fake^One");
+        crate::daemon::tests::write_mr(&last, "1.2.3", "1.2.3.4", "Fake^Other");
+        let (output, quarantine_dir) = (dir.path().join("out"), dir.path().join("quarantine"));
+        let claims = Claims::default();
+        // As when a second worker finishes the later input first.
+        let outcome = process(&deidentifier, &key, &last, &output, &quarantine_dir, &claims).unwrap();
+        assert!(matches!(outcome, Outcome::Written { displaced: None, .. }));
+        let outcome = process(&deidentifier, &key, &first, &output, &quarantine_dir, &claims).unwrap();
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Written {
+                    displaced: Some(ReasonCode::ConflictingDuplicate),
+                    ..
+                }
+            ),
+            "the displaced input must reach the run's tally"
+        );
+        assert_eq!(std::fs::read_dir(&quarantine_dir).unwrap().count(), 1);
     }
 }

@@ -632,4 +632,4 @@ fn spawn(name: String, work: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
