@@ -137,7 +137,7 @@ impl<E: Engine> Daemon<E> {
 
     /// Fsyncs folders whose entries changed; false (and paused) on a fault.
     fn sync_dirs(&mut self, stage: &str, dirs: &HashSet<PathBuf>) -> bool {
-        match dirs.iter().try_for_each(|dir| fsutil::fsync_dir(dir)) {
+        match fsutil::sync_dirs(dirs.iter().map(PathBuf::as_path)) {
             Ok(()) => true,
             Err(error) => {
                 self.io_fault(stage, &error);
