@@ -297,13 +297,16 @@ impl<E: Engine> Daemon<E> {
             outcome = self.outcome_rx.try_recv().ok();
         }
         if !self.deidentified_jobs.is_empty() {
-            // Informational (resuming treats claimed and deidentified alike),
-            // so one transaction per round rather than one per job.
+            // Informational (resuming treats claimed and deidentified alike):
+            // it rides along with the round's next commit.
             let jobs = std::mem::take(&mut self.deidentified_jobs);
-            self.ledger.set_jobs_state(&jobs, JobState::Deidentified)?;
+            self.ledger.batch_jobs_state(&jobs, JobState::Deidentified)?;
         }
         self.flush_written(false)?;
+        // Jobs that a flushed batch completed are recorded written in the
+        // same commit as the batch's instances.
         self.finish_jobs()?;
+        self.ledger.commit_batch()?;
         self.push_dispatch();
         Ok(())
     }
@@ -337,15 +340,18 @@ impl<E: Engine> Daemon<E> {
                     Err(error) => OutcomeKind::FlushFailed(batch, format!("flushing the outbox failed: {error}")),
                 };
                 self.record(0, 0, kind)?;
+                self.ledger.commit_batch()?;
             }
         }
         Ok(())
     }
 
-    /// Records a durable batch of outputs in one ledger transaction.
+    /// Records a durable batch of outputs in the ledger's open batch: the
+    /// round's commit makes it durable, together with the written state of
+    /// the jobs it completes (before their originals move).
     fn record_flushed(&mut self, written: Vec<WrittenOutput>) -> Result<(), DaemonError> {
         let batch: Vec<(i64, PathBuf)> = written.iter().map(|w| (w.instance, w.relative.clone())).collect();
-        self.ledger.set_instances_written(&batch)?;
+        self.ledger.batch_instances_written(&batch)?;
         self.counters.instances_written += written.len() as u64;
         let mut jobs: Vec<i64> = Vec::new();
         for output in &written {
@@ -480,6 +486,10 @@ impl<E: Engine> Daemon<E> {
                     by_pipeline.entry(pipeline).or_default().push(output);
                 }
             }
+        }
+        if !by_pipeline.is_empty() {
+            // Synthesis reads outputs recorded written: durable first.
+            self.ledger.commit_batch()?;
         }
         let Some(progress) = self.jobs.get_mut(&job) else {
             return Ok(false);

@@ -557,38 +557,75 @@ impl Ledger {
         })
     }
 
-    pub fn set_job_state(&self, job: i64, state: JobState) -> Result<(), LedgerError> {
+    /// Durable on return (an open batch is committed with it).
+    pub fn set_job_state(&mut self, job: i64, state: JobState) -> Result<(), LedgerError> {
         self.conn
             .prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3")
             .and_then(|mut stmt| stmt.execute(params![state.as_str(), now(), job]))
             .map_err(|e| self.err(e))?;
-        Ok(())
+        self.commit_batch()
     }
 
     /// Records a batch of durable outputs in one transaction: one WAL sync
     /// for the batch instead of one per instance. The caller made the files
     /// durable first.
     pub fn set_instances_written(&mut self, written: &[(i64, PathBuf)]) -> Result<(), LedgerError> {
-        self.transaction(|tx| {
-            {
-                let mut stmt =
-                    tx.prepare_cached("UPDATE instances SET state = 'written', output = ?1 WHERE id = ?2")?;
-                for (instance, output) in written {
-                    stmt.execute(params![output.to_string_lossy(), instance])?;
-                }
-            }
-            Ok(())
-        })
+        self.batch_instances_written(written)?;
+        self.commit_batch()
     }
 
-    /// Runs `work` in one transaction, after committing any open batch.
+    /// [`Ledger::set_instances_written`] into the open batch (opening one):
+    /// durable with the next commit. The coordinator records a flushed batch
+    /// this way so that the jobs it completes are recorded written in the
+    /// same commit.
+    pub fn batch_instances_written(&mut self, written: &[(i64, PathBuf)]) -> Result<(), LedgerError> {
+        self.begin_batch()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("UPDATE instances SET state = 'written', output = ?1 WHERE id = ?2")
+            .map_err(|e| self.err(e))?;
+        for (instance, output) in written {
+            stmt.execute(params![output.to_string_lossy(), instance])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// [`Ledger::set_jobs_state`] into the open batch (opening one), for a
+    /// state no side effect waits on (a job's deidentified state).
+    pub fn batch_jobs_state(&mut self, jobs: &[i64], state: JobState) -> Result<(), LedgerError> {
+        self.begin_batch()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3")
+            .map_err(|e| self.err(e))?;
+        let t = now();
+        for job in jobs {
+            stmt.execute(params![state.as_str(), t, job]).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `work` in one transaction. An open batch is joined: one commit
+    /// (one WAL sync) makes the batch and `work` durable together.
     fn transaction<T>(
         &mut self,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T, LedgerError> {
-        self.commit_batch()?;
         let path = self.path.clone();
         let wrap = |source| LedgerError::Sqlite { path, source };
+        if !self.conn.is_autocommit() {
+            let result = work(&self.conn).and_then(|value| {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(value)
+            });
+            if result.is_err() {
+                // Nothing of the batch or `work` is recorded; the caller
+                // stops, and a restart finds the files where they were.
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return result.map_err(wrap);
+        }
         let result = self.conn.transaction().and_then(|tx| {
             let value = work(&tx)?;
             tx.commit()?;
@@ -615,12 +652,13 @@ impl Ledger {
         Ok(())
     }
 
-    pub fn set_instance_state(&self, instance: i64, state: InstanceState) -> Result<(), LedgerError> {
+    /// Durable on return (an open batch is committed with it).
+    pub fn set_instance_state(&mut self, instance: i64, state: InstanceState) -> Result<(), LedgerError> {
         self.conn
             .prepare_cached("UPDATE instances SET state = ?1 WHERE id = ?2")
             .and_then(|mut stmt| stmt.execute(params![state.as_str(), instance]))
             .map_err(|e| self.err(e))?;
-        Ok(())
+        self.commit_batch()
     }
 
     /// Marks a quarantined job and its instances as sent back to the inbox.
@@ -716,7 +754,7 @@ mod tests {
         assert!(ledger.received().unwrap().is_empty());
         drop(ledger);
         // A reopened ledger (a restart) sees the claim and must resume it.
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
         let unfinished = ledger.unfinished_jobs().unwrap();
         assert_eq!(unfinished.len(), 1);
         assert_eq!(unfinished[0].state, JobState::Claiming);
@@ -727,6 +765,38 @@ mod tests {
         );
         ledger.set_job_state(job, JobState::Done).unwrap();
         assert!(ledger.unfinished_jobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_transaction_commits_the_open_batch_with_it_and_a_dropped_batch_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let a = ledger.insert_received(&new("s1", Path::new("/in/a"))).unwrap();
+        let b = ledger.insert_received(&new("s2", Path::new("/in/b"))).unwrap();
+        let job = ledger.begin_claim("st-0000000000000001", &[a, b]).unwrap();
+        // Another process (synthd status) sees only committed records.
+        let reader = Ledger::open(dir.path()).unwrap();
+        ledger
+            .batch_instances_written(&[(a, PathBuf::from("x/a.dcm"))])
+            .unwrap();
+        ledger.batch_jobs_state(&[job], JobState::Deidentified).unwrap();
+        assert_eq!(reader.job(job).unwrap().unwrap().state, JobState::Claiming);
+        ledger.set_jobs_state(&[job], JobState::Written).unwrap();
+        assert_eq!(reader.job(job).unwrap().unwrap().state, JobState::Written);
+        assert_eq!(reader.instance(a).unwrap().unwrap().state, InstanceState::Written);
+        // A batch the process dies with is not recorded: its work is redone.
+        ledger
+            .batch_instances_written(&[(b, PathBuf::from("x/b.dcm"))])
+            .unwrap();
+        drop(ledger);
+        assert_eq!(reader.instance(b).unwrap().unwrap().state, InstanceState::Claimed);
+        // A single-state write is durable on return, with the batch.
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .batch_instances_written(&[(b, PathBuf::from("x/b.dcm"))])
+            .unwrap();
+        ledger.set_job_state(job, JobState::Done).unwrap();
+        assert_eq!(reader.instance(b).unwrap().unwrap().state, InstanceState::Written);
     }
 
     #[test]
