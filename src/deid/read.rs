@@ -147,16 +147,21 @@ fn trailing_pixel_data(bytes: &[u8], start: usize, explicit: bool) -> Option<(us
             let fits = length != UNDEFINED && length % 2 == 0 && at + header + length as usize == bytes.len();
             return fits.then_some((at, header, vr));
         }
-        at = if length == UNDEFINED {
-            if explicit && &bytes[at + 4..at + 6] != b"SQ" {
-                return None;
-            }
-            skip_items(bytes, at + header, explicit)?
-        } else {
-            at.checked_add(header)?.checked_add(length as usize)?
-        };
+        at = past_element(bytes, at, (length, header), explicit)?;
     }
     None
+}
+
+/// The offset just past the element at `at` with this (length, header
+/// length): its value, or the items of an undefined-length sequence.
+fn past_element(bytes: &[u8], at: usize, (length, header): (u32, usize), explicit: bool) -> Option<usize> {
+    if length != UNDEFINED {
+        return at.checked_add(header)?.checked_add(length as usize);
+    }
+    if explicit && &bytes[at + 4..at + 6] != b"SQ" {
+        return None;
+    }
+    skip_items(bytes, at + header, explicit)
 }
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
@@ -196,19 +201,11 @@ fn skip_items(bytes: &[u8], mut at: usize, explicit: bool) -> Option<usize> {
 /// item whose first element starts at `at`.
 fn skip_item_elements(bytes: &[u8], mut at: usize, explicit: bool) -> Option<usize> {
     loop {
-        bytes.get(at + 8)?;
+        bytes.get(at..at + 8)?;
         if tag_at(bytes, at) == (0xFFFE, 0xE00D) {
             return Some(at + 8);
         }
-        let (length, header) = element_length(bytes, at, explicit)?;
-        at = if length == UNDEFINED {
-            if explicit && &bytes[at + 4..at + 6] != b"SQ" {
-                return None;
-            }
-            skip_items(bytes, at + header, explicit)?
-        } else {
-            at.checked_add(header)?.checked_add(length as usize)?
-        };
+        at = past_element(bytes, at, element_length(bytes, at, explicit)?, explicit)?;
     }
 }
 
