@@ -12,7 +12,9 @@
 #     (throughput), time to the first output, and the daemon's peak RSS.
 # Dirty pages from preparing each run are synced before its clock starts,
 # so neither side pays for the other's writes.
-# Target: the daemon adds <= 10% to `synthd deid`'s time.
+# Target: the daemon adds <= 10% to `synthd deid`'s time. On ext4 without a
+# journal, start it at least five minutes after many files were deleted (see
+# scripts/bench-deid.sh).
 #
 # Usage: scripts/bench-daemon.sh   (release build; WORKERS=2, REPEAT=3;
 #        KEEP_SCRATCH=1 keeps the inputs, outputs and daemon logs;
