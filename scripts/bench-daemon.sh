@@ -13,7 +13,7 @@
 # Dirty pages from preparing each run are synced before its clock starts,
 # so neither side pays for the other's writes.
 # Target: the daemon adds <= 10% to `synthd deid`'s time. On ext4 without a
-# journal, start it at least five minutes after many files were deleted (see
+# journal, start it at least six minutes after many files were deleted (see
 # scripts/bench-deid.sh).
 #
 # Usage: scripts/bench-daemon.sh   (release build; WORKERS=2, REPEAT=3;

@@ -4,7 +4,7 @@
 # I/O ceiling, on pydicom's test files and on a generated 1,000-instance MR
 # series. Prints files/s, MB/s (median of REPEAT=3 round-robin runs), the
 # same until the output is synced to disk, and peak RSS. Not a test: figures
-# vary by machine. On ext4 without a journal, start it at least five minutes
+# vary by machine. On ext4 without a journal, start it at least six minutes
 # after many files were deleted (another benchmark's scratch, for one): inode
 # allocation then steps over every recently deleted inode, a cost per file
 # created that halves the ratios of a fast tool to a slow one.
