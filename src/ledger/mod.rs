@@ -566,18 +566,10 @@ impl Ledger {
         self.commit_batch()
     }
 
-    /// Records a batch of durable outputs in one transaction: one WAL sync
-    /// for the batch instead of one per instance. The caller made the files
-    /// durable first.
-    pub fn set_instances_written(&mut self, written: &[(i64, PathBuf)]) -> Result<(), LedgerError> {
-        self.batch_instances_written(written)?;
-        self.commit_batch()
-    }
-
-    /// [`Ledger::set_instances_written`] into the open batch (opening one):
-    /// durable with the next commit. The coordinator records a flushed batch
-    /// this way so that the jobs it completes are recorded written in the
-    /// same commit.
+    /// Records outputs the caller made durable as written, in the open batch
+    /// (opening one): one WAL sync for many instances, with the next commit.
+    /// The coordinator records a flushed batch this way so that the jobs it
+    /// completes are recorded written in the same commit.
     pub fn batch_instances_written(&mut self, written: &[(i64, PathBuf)]) -> Result<(), LedgerError> {
         self.begin_batch()?;
         let mut stmt = self
