@@ -175,10 +175,17 @@ fn link_fd(proc_path: &str, to: &Path) -> io::Result<()> {
 /// Flushes the whole file system holding `path` (syncfs(2)): one call makes
 /// every file a batch wrote durable.
 pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    sync_filesystem_of(&File::open(path)?)
+}
+
+/// `syncfs` through a descriptor held open: the kernel reports a writeback
+/// error to each descriptor once, and only errors after its open, so a run
+/// that syncs more than once keeps one descriptor from before its first
+/// write and reports what any of its syncs returns.
+pub fn sync_filesystem_of(file: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let dir = File::open(path)?;
     // SAFETY: the descriptor is valid for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
