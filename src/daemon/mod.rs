@@ -191,8 +191,11 @@ impl<E: Engine> Daemon<E> {
         let (flush_tx, flush_rx) = bounded::<Vec<workers::WrittenOutput>>(1);
         {
             let (out, outbox) = (outcome_tx.clone(), config.paths.outbox.clone());
+            // Opened before any output is written; an absent outbox is
+            // opened (or reported) at the first flush.
+            let held = std::fs::File::open(&outbox).ok();
             threads.push(spawn("flush".to_string(), move || {
-                workers::flush_worker(flush_rx, outbox, out)
+                workers::flush_worker(flush_rx, outbox, held, out)
             }));
         }
         let mut daemon = Daemon {

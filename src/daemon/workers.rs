@@ -149,11 +149,23 @@ fn write_output(outbox: &Path, relative: &Path, bytes: &[u8]) -> std::io::Result
 /// syncfs of the outbox's file system each, off the coordinator's thread, so
 /// claiming and dispatching go on while the disk catches up. Reports with
 /// job and instance 0.
-pub fn flush_worker(batches: Receiver<Vec<WrittenOutput>>, outbox: PathBuf, outcomes: Sender<Outcome>) {
+///
+/// The outbox is synced through one descriptor, opened before any output is
+/// written (`held`): the kernel reports a writeback error once per
+/// descriptor and only if it came after the descriptor's open, so a fresh
+/// descriptor per batch would miss a failure of the kernel's own background
+/// writeback and record lost outputs as durable.
+pub fn flush_worker(
+    batches: Receiver<Vec<WrittenOutput>>,
+    outbox: PathBuf,
+    held: Option<std::fs::File>,
+    outcomes: Sender<Outcome>,
+) {
+    let mut held = held;
     for batch in batches {
         let flushed = match system::injected_flush_fault() {
             Some(error) => Err(error),
-            None => fsutil::sync_filesystem(&outbox),
+            None => sync_outbox(&outbox, &mut held),
         };
         let kind = match flushed {
             Ok(()) => OutcomeKind::Flushed(batch),
@@ -170,6 +182,24 @@ pub fn flush_worker(batches: Receiver<Vec<WrittenOutput>>, outbox: PathBuf, outc
             return;
         }
     }
+}
+
+/// Syncs the outbox's file system through `held`, opening it when missing
+/// (the outbox was absent at start) or when the outbox is now another file
+/// system (remounted), so that the sync reaches the file system written to.
+fn sync_outbox(outbox: &Path, held: &mut Option<std::fs::File>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let current = std::fs::metadata(outbox)?.dev();
+    if let Some(file) = held.as_ref() {
+        if file.metadata()?.dev() != current {
+            *held = None;
+        }
+    }
+    let file = match held {
+        Some(file) => file,
+        None => held.insert(std::fs::File::open(outbox)?),
+    };
+    fsutil::sync_filesystem_of(file)
 }
 
 /// The synth stage: one study at a time (the model saturates the cores or
@@ -190,5 +220,26 @@ pub fn synth_worker<E: Engine>(tasks: Receiver<SynthTask<E>>, outbox: PathBuf, o
         {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sync_outbox;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_outbox_is_synced_through_a_descriptor_on_its_own_file_system() {
+        let outbox = tempfile::tempdir().unwrap();
+        let dev = std::fs::metadata(outbox.path()).unwrap().dev();
+        // A descriptor on another file system, as after the outbox was remounted.
+        let mut held = Some(std::fs::File::open("/proc").unwrap());
+        assert_ne!(held.as_ref().unwrap().metadata().unwrap().dev(), dev);
+        sync_outbox(outbox.path(), &mut held).unwrap();
+        assert_eq!(held.as_ref().unwrap().metadata().unwrap().dev(), dev);
+        let mut absent_at_start = None;
+        sync_outbox(outbox.path(), &mut absent_at_start).unwrap();
+        assert!(absent_at_start.is_some());
+        assert!(sync_outbox(&outbox.path().join("missing"), &mut None).is_err());
     }
 }
