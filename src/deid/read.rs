@@ -85,7 +85,7 @@ fn read_with_trailing_native_pixels(bytes: &[u8]) -> Option<DefaultDicomObject> 
     if length_problem(bytes, 132).is_some() {
         return None;
     }
-    let (transfer_syntax, dataset_start) = meta_transfer_syntax(bytes, 132)?;
+    let (transfer_syntax, dataset_start) = walk_meta(bytes, 132)?.ok()?;
     let explicit = match transfer_syntax.as_str() {
         uids::IMPLICIT_VR_LITTLE_ENDIAN => false,
         uids::EXPLICIT_VR_LITTLE_ENDIAN => true,
@@ -107,20 +107,24 @@ fn read_with_trailing_native_pixels(bytes: &[u8]) -> Option<DefaultDicomObject> 
     Some(object)
 }
 
-/// The Transfer Syntax UID of a file meta group starting at `start`, and
-/// the offset where the dataset begins.
-fn meta_transfer_syntax(bytes: &[u8], start: usize) -> Option<(String, usize)> {
+/// Walks a file meta group (always explicit VR little endian) starting at
+/// `start`: `Ok((transfer syntax UID, empty when absent; offset where the
+/// dataset begins))`, or `Err(offset)` of an element whose value runs past
+/// the end of the file. `None` when an element header cannot be read.
+fn walk_meta(bytes: &[u8], start: usize) -> Option<Result<(String, usize), usize>> {
     let mut at = start;
-    let mut transfer_syntax = None;
+    let mut transfer_syntax = String::new();
     while at + 8 <= bytes.len() && u16::from_le_bytes([bytes[at], bytes[at + 1]]) == 0x0002 {
         let (length, header) = explicit_length(&bytes[at..], false)?;
-        let value = bytes.get(at + header..at + header + length)?;
+        let Some(value) = bytes.get(at + header..at + header + length) else {
+            return Some(Err(at));
+        };
         if u16::from_le_bytes([bytes[at + 2], bytes[at + 3]]) == 0x0010 {
-            transfer_syntax = Some(String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_string());
+            transfer_syntax = String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_string();
         }
         at += header + length;
     }
-    Some((transfer_syntax?, at))
+    Some(Ok((transfer_syntax, at)))
 }
 
 /// (offset, header length, VR) of a top-level Pixel Data element whose
@@ -248,21 +252,10 @@ fn length_problem(bytes: &[u8], start: usize) -> Option<Rejection> {
             ),
         ))
     };
-    // The file meta group is always explicit VR little endian.
-    let mut at = start;
-    let mut transfer_syntax = String::new();
-    while at + 8 <= bytes.len() && u16::from_le_bytes([bytes[at], bytes[at + 1]]) == 0x0002 {
-        let (length, header) = explicit_length(&bytes[at..], false)?;
-        if at + header + length > bytes.len() {
-            return truncated(at);
-        }
-        if u16::from_le_bytes([bytes[at + 2], bytes[at + 3]]) == 0x0010 {
-            transfer_syntax = String::from_utf8_lossy(&bytes[at + header..at + header + length])
-                .trim_end_matches(['\0', ' '])
-                .to_string();
-        }
-        at += header + length;
-    }
+    let (transfer_syntax, mut at) = match walk_meta(bytes, start)? {
+        Ok(walked) => walked,
+        Err(at) => return truncated(at),
+    };
     let (explicit, big_endian) = match transfer_syntax.as_str() {
         uids::IMPLICIT_VR_LITTLE_ENDIAN => (false, false),
         EXPLICIT_VR_BIG_ENDIAN => (true, true),
