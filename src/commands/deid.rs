@@ -363,10 +363,11 @@ fn process(
                 .insert(target.clone(), path.to_path_buf());
             drop(_writing);
             let displaced = match loser {
-                Some(replaced) => match quarantine(key, &replaced, quarantine_dir, &conflict())? {
-                    Outcome::Quarantined(code) => Some(code),
-                    _ => None,
-                },
+                Some(replaced) => {
+                    let rejection = conflict();
+                    quarantine(key, &replaced, quarantine_dir, &rejection)?;
+                    Some(rejection.code)
+                }
                 None => None,
             };
             let crosswalk = deidentified

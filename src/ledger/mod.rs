@@ -544,17 +544,10 @@ impl Ledger {
     }
 
     /// Moves several jobs to `state` in one transaction.
+    /// Durable on return, with an open batch if there is one.
     pub fn set_jobs_state(&mut self, jobs: &[i64], state: JobState) -> Result<(), LedgerError> {
-        self.transaction(|tx| {
-            let t = now();
-            {
-                let mut stmt = tx.prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3")?;
-                for job in jobs {
-                    stmt.execute(params![state.as_str(), t, job])?;
-                }
-            }
-            Ok(())
-        })
+        self.batch_jobs_state(jobs, state)?;
+        self.commit_batch()
     }
 
     /// Durable on return (an open batch is committed with it).
