@@ -167,7 +167,11 @@ fn an_interrupted_claim_resumes_after_restart_without_duplicates() {
         );
     }
     {
-        let mut daemon = start(&config);
+        // A stable_age no slow start can outlast, so that this turn records
+        // the instances without claiming them.
+        let mut recording = config.clone();
+        recording.raw.ingest.stable_age = crate::config::units::HumanDuration(std::time::Duration::from_secs(600));
+        let mut daemon = start(&recording);
         // Record the instances, then crash mid-claim: job Claiming, one file moved.
         daemon.step().unwrap();
         let ids: Vec<i64> = daemon.ledger.received().unwrap().iter().map(|i| i.id).collect();
