@@ -351,11 +351,11 @@ fn process(
             }
             // One syncfs at the end makes the run durable; per-file fsyncs
             // would cost more than the de-identification itself.
-            fsutil::write_replace(&target, &bytes, 0o640)
+            let buffered = fsutil::write_replace(&target, &bytes, 0o640)
                 .with_context(|| format!("deid: cannot write {}", target.display()))?;
             claims
                 .written_bytes
-                .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(buffered, std::sync::atomic::Ordering::Relaxed);
             claims
                 .written
                 .lock()
@@ -399,7 +399,7 @@ fn write_crosswalk(path: &Path, entries: &BTreeMap<(String, String), String>) ->
     for ((attribute, original), replacement) in entries {
         text.push_str(&format!("{},{},{}\n", csv(attribute), csv(original), csv(replacement)));
     }
-    fsutil::write_atomic(path, text.as_bytes(), 0o600)
+    fsutil::write_atomic(path, text.as_bytes(), 0o600).map(drop)
 }
 
 fn csv(text: &str) -> String {

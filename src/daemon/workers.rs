@@ -142,7 +142,7 @@ fn write_output(outbox: &Path, relative: &Path, bytes: &[u8]) -> std::io::Result
     if !folder.is_dir() {
         fsutil::create_private_dir(folder)?;
     }
-    fsutil::write_replace(&target, bytes, 0o640)
+    fsutil::write_replace(&target, bytes, 0o640).map(drop)
 }
 
 /// The flush stage: makes batches of written outputs durable with one

@@ -75,7 +75,7 @@ pub fn write_contact_sheet(path: &Path, slices: &[PreviewSlice<'_>], window: (f6
         let mut writer = encoder.write_header().map_err(io::Error::other)?;
         writer.write_image_data(&rgb).map_err(io::Error::other)?;
     }
-    crate::fsutil::write_atomic(path, &encoded, 0o640)
+    crate::fsutil::write_atomic(path, &encoded, 0o640).map(drop)
 }
 
 #[cfg(test)]

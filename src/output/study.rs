@@ -319,10 +319,12 @@ fn write_object(path: &Path, object: &DefaultDicomObject) -> Result<(), StudyErr
             source,
         })?;
     }
-    fsutil::write_atomic(path, &bytes, 0o640).map_err(|source| StudyError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    fsutil::write_atomic(path, &bytes, 0o640)
+        .map(drop)
+        .map_err(|source| StudyError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn floats(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
