@@ -78,16 +78,16 @@ impl<E: Engine> Daemon<E> {
     }
 
     /// Claims complete studies together: one ledger transaction records
-    /// them as claiming, their files are renamed into their work folders,
-    /// the folders involved are fsynced (the first fsync commits the file
-    /// system's journal for all of them), and one transaction records them
-    /// as claimed. Claiming study by study made a burst of small studies crawl.
+    /// them as claiming, then their files are renamed into their work
+    /// folders. Claiming study by study made a burst of small studies crawl.
     ///
-    /// Each file goes to the deid stage as soon as it is renamed, so the
-    /// workers start while the claim is still being made durable. That is
-    /// safe because nothing leaves the work folder, and no output is
-    /// recorded, before the claim's commit: a crash in between resumes the
-    /// claim and rewrites the same outputs.
+    /// The renames are made durable by the next flush, with the first
+    /// outputs (the flush stage syncs the folders; see `workers::FlushTask`),
+    /// and its report records the jobs claimed in the same commit as those
+    /// outputs. Each file goes to the deid stage as soon as it is renamed.
+    /// That is safe because nothing leaves the work folder, and no output
+    /// is recorded, before the claim is durable: a crash in between resumes
+    /// the claim (`claiming`) and rewrites the same outputs.
     fn claim(&mut self, due: Vec<(String, Vec<Instance>)>) -> Result<(), DaemonError> {
         if due.is_empty() {
             return Ok(());
@@ -111,11 +111,11 @@ impl<E: Engine> Daemon<E> {
             }
             moved.push(job);
         }
-        if moved.is_empty() || !self.sync_dirs("claim", &touched) {
-            // Dispatched work goes on; the jobs stay `claiming` until they finish.
+        if moved.is_empty() {
             return Ok(());
         }
-        self.ledger.set_jobs_state(&moved, JobState::Claimed)?;
+        self.unsynced.folders.extend(touched);
+        self.unsynced.claims.extend(&moved);
         for (job, (study, instances)) in moved.into_iter().zip(&due) {
             tracing::info!(target: "daemon", study = %study, job = %ledger::job_name(job), instances = instances.len(), "study claimed");
             self.check_finished(job)?;
@@ -300,50 +300,102 @@ impl<E: Engine> Daemon<E> {
             // Informational (resuming treats claimed and deidentified alike):
             // it rides along with the round's next commit.
             let jobs = std::mem::take(&mut self.deidentified_jobs);
-            self.ledger.batch_jobs_state(&jobs, JobState::Deidentified)?;
+            self.ledger
+                .batch_jobs_advance(&jobs, JobState::Claimed, JobState::Deidentified)?;
         }
         self.flush_written(false)?;
         // Jobs that a flushed batch completed are recorded written in the
         // same commit as the batch's instances.
         self.finish_jobs()?;
+        // Their moved originals go out with the next flush (now, if none is out).
+        self.flush_written(false)?;
         self.ledger.commit_batch()?;
+        self.log_finished();
         self.push_dispatch();
         Ok(())
     }
 
-    /// Sends the written outputs to the flush stage when due: a full batch,
-    /// the oldest waiting `FLUSH_AFTER`, a job's last outputs, or `force`;
-    /// one flush at a time. Batching turns two fsyncs per file into one
-    /// syncfs per batch. With `force` and no flush stage (shutting down),
-    /// flushes here.
+    /// Sends the written outputs, with the folder changes not yet durable,
+    /// to the flush stage when due: a full batch, the oldest waiting
+    /// `FLUSH_AFTER`, a job's last outputs, a finished job's moved
+    /// originals, or `force`; one flush at a time. Batching turns two
+    /// fsyncs per file into one syncfs per batch. A claim alone does not
+    /// make a flush due: it rides with its first outputs. With `force` and
+    /// no flush stage (shutting down), flushes here.
     pub(super) fn flush_written(&mut self, force: bool) -> Result<(), DaemonError> {
-        if self.unflushed.is_empty() || self.flush_in_flight {
+        if (self.unflushed.is_empty() && self.unsynced.is_empty()) || self.flush_in_flight {
             return Ok(());
         }
         let due = force
+            || !self.unsynced.moved.is_empty()
             || self.unflushed.len() >= FLUSH_BATCH
             || self.unflushed_since.is_some_and(|since| since.elapsed() >= FLUSH_AFTER)
             || self.completes_a_job();
         if !due {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.unflushed);
+        let mut task = std::mem::take(&mut self.unsynced);
+        task.outputs = std::mem::take(&mut self.unflushed);
+        task.folders.sort();
+        task.folders.dedup();
         self.unflushed_since = None;
         match &self.flush_tx {
-            Some(tx) => match tx.send(batch) {
+            Some(tx) => match tx.send(task) {
                 Ok(()) => self.flush_in_flight = true,
-                Err(crossbeam_channel::SendError(batch)) => self.unflushed = batch,
+                Err(crossbeam_channel::SendError(task)) => self.take_back(task),
             },
             None => {
-                let kind = match fsutil::sync_filesystem(&self.config.paths.outbox) {
-                    Ok(()) => OutcomeKind::Flushed(batch),
-                    Err(error) => OutcomeKind::FlushFailed(batch, format!("flushing the outbox failed: {error}")),
+                let kind = match workers::flush(&self.config.paths.outbox, &mut None, &task.folders) {
+                    Ok(()) => OutcomeKind::Flushed(task),
+                    Err(error) => OutcomeKind::FlushFailed(task, format!("flushing the outbox failed: {error}")),
                 };
                 self.record(0, 0, kind)?;
                 self.ledger.commit_batch()?;
+                self.log_finished();
             }
         }
         Ok(())
+    }
+
+    /// A flush that was not made: its outputs and folder changes wait for the next.
+    fn take_back(&mut self, task: workers::FlushTask) {
+        self.unflushed = task.outputs;
+        self.unflushed_since.get_or_insert_with(Instant::now);
+        self.unsynced.folders.extend(task.folders);
+        self.unsynced.claims.extend(task.claims);
+        self.unsynced.moved.extend(task.moved);
+    }
+
+    /// A durable flush: its outputs recorded written, its claims claimed and
+    /// its moved jobs done, all in the round's open batch.
+    fn record_flush(&mut self, task: workers::FlushTask) -> Result<(), DaemonError> {
+        self.ledger
+            .batch_jobs_advance(&task.claims, JobState::Claiming, JobState::Claimed)?;
+        self.record_flushed(task.outputs)?;
+        self.ledger.batch_jobs_state(&task.moved, JobState::Done)?;
+        for job in task.moved {
+            if let Some(progress) = self.moving.remove(&job) {
+                self.counters.studies_done += 1;
+                self.finished.push((job, progress));
+            }
+        }
+        Ok(())
+    }
+
+    /// One line per finished study, once its done state is committed.
+    pub(super) fn log_finished(&mut self) {
+        for (job, progress) in std::mem::take(&mut self.finished) {
+            tracing::info!(
+                target: "daemon",
+                study = %progress.study_key,
+                job = %ledger::job_name(job),
+                instances = progress.total,
+                quarantined = progress.quarantined,
+                duration_ms = progress.started.elapsed().as_millis() as u64,
+                outcome = if progress.quarantined == 0 { "done" } else { "done-with-quarantines" },
+                "study finished"
+            );
+        }
     }
 
     /// Records a durable batch of outputs in the ledger's open batch: the
@@ -424,17 +476,26 @@ impl<E: Engine> Daemon<E> {
                     relative,
                 });
             }
-            OutcomeKind::Flushed(written) => {
+            OutcomeKind::Flushed(task) => {
                 self.flush_in_flight = false;
-                self.record_flushed(written)?;
+                self.record_flush(task)?;
             }
-            OutcomeKind::FlushFailed(written, reason) => {
-                // Not durable, so not recorded: the instances are written again.
+            OutcomeKind::FlushFailed(task, reason) => {
+                // Not durable, so not recorded: the instances are written
+                // again, the folders synced with the next flush.
                 self.flush_in_flight = false;
-                self.retry.extend(written.iter().map(|w| (w.job, w.instance)));
+                self.retry.extend(task.outputs.iter().map(|w| (w.job, w.instance)));
+                self.unsynced.folders.extend(task.folders);
+                self.unsynced.claims.extend(task.claims);
+                self.unsynced.moved.extend(task.moved);
                 self.pause_for(reason);
             }
             OutcomeKind::Rejected(stage, rejection) => {
+                if !self.claim_durable_for(job, instance)? {
+                    // Paused on an environment fault; the instance is tried again.
+                    self.retry.push((job, instance));
+                    return Ok(());
+                }
                 if stage == Stage::Output {
                     // De-identified, then refused by the encoder.
                     self.count_deidentified(job);
@@ -461,6 +522,22 @@ impl<E: Engine> Daemon<E> {
             }
         }
         Ok(())
+    }
+
+    /// Makes the claim of one instance durable before it is quarantined,
+    /// when its job's claim still waits for a flush: moving it on from the
+    /// work folder must not leave it in the inbox too after a crash. False
+    /// when an environment fault stopped it (paused).
+    fn claim_durable_for(&mut self, job: i64, instance: i64) -> Result<bool, DaemonError> {
+        if !self.ledger.job(job)?.is_some_and(|j| j.state == JobState::Claiming) {
+            return Ok(true);
+        }
+        let Some(record) = self.ledger.instance(instance)? else {
+            return Ok(true);
+        };
+        let mut dirs = HashSet::from([self.work_dir(job)]);
+        dirs.extend(record.inbox_path.parent().map(Path::to_path_buf));
+        Ok(self.sync_dirs("claim", &dirs))
     }
 
     /// Counts an instance the deid stage got through; once all of a job's
@@ -534,9 +611,9 @@ impl<E: Engine> Daemon<E> {
     }
 
     /// Finishes the jobs whose outputs are all durable, together: one
-    /// transaction records them written, their originals are archived or
-    /// deleted, two folder fsyncs make that durable, one transaction records
-    /// them done.
+    /// commit records them written, then their originals are archived or
+    /// deleted. The next flush makes the moves durable, and its report
+    /// records the jobs done.
     pub(super) fn finish_jobs(&mut self) -> Result<(), DaemonError> {
         if self.finishing.is_empty() {
             return Ok(());
@@ -552,23 +629,13 @@ impl<E: Engine> Daemon<E> {
             }
             moved.push((job, progress));
         }
-        if moved.is_empty() || !self.sync_dirs("originals", &self.originals_dirs()) {
+        if moved.is_empty() {
             return Ok(());
         }
-        let ids: Vec<i64> = moved.iter().map(|(job, _)| *job).collect();
-        self.ledger.set_jobs_state(&ids, JobState::Done)?;
+        self.unsynced.folders.extend(self.originals_dirs());
         for (job, progress) in moved {
-            self.counters.studies_done += 1;
-            tracing::info!(
-                target: "daemon",
-                study = %progress.study_key,
-                job = %ledger::job_name(job),
-                instances = progress.total,
-                quarantined = progress.quarantined,
-                duration_ms = progress.started.elapsed().as_millis() as u64,
-                outcome = if progress.quarantined == 0 { "done" } else { "done-with-quarantines" },
-                "study finished"
-            );
+            self.unsynced.moved.push(job);
+            self.moving.insert(job, progress);
         }
         Ok(())
     }
@@ -689,7 +756,7 @@ impl<E: Engine> Daemon<E> {
         }
         for state in [JobState::Claiming, JobState::Quarantining, JobState::Written] {
             for job in self.ledger.jobs_in(state)? {
-                if !self.jobs.contains_key(&job.id) {
+                if !self.jobs.contains_key(&job.id) && !self.moving.contains_key(&job.id) {
                     self.resume_move(&job)?;
                 }
             }

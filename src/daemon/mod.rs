@@ -115,12 +115,19 @@ pub struct Daemon<E: Engine> {
     retry: Vec<(i64, i64)>,
     /// Outputs in place but not yet flushed nor recorded.
     unflushed: Vec<workers::WrittenOutput>,
-    flush_tx: Option<Sender<Vec<workers::WrittenOutput>>>,
+    flush_tx: Option<Sender<workers::FlushTask>>,
     /// A batch is with the flush stage; the next waits for its report.
     flush_in_flight: bool,
     unflushed_since: Option<Instant>,
     /// Jobs whose outputs are all durable, to be finished together.
     finishing: Vec<(i64, Progress)>,
+    /// Folder changes the next flush makes durable, and the jobs they claim
+    /// or finish (see `workers::FlushTask`).
+    unsynced: workers::FlushTask,
+    /// Jobs whose originals moved, waiting for a flush to make that durable.
+    moving: HashMap<i64, Progress>,
+    /// Jobs recorded done in the open batch, logged once it commits.
+    finished: Vec<(i64, Progress)>,
     /// Jobs whose instances were all de-identified this round.
     deidentified_jobs: Vec<i64>,
     /// When the next received study turns `stable_age` quiet (epoch seconds).
@@ -188,7 +195,7 @@ impl<E: Engine> Daemon<E> {
             }));
         }
         // One batch at a time: the coordinator waits for its report before the next.
-        let (flush_tx, flush_rx) = bounded::<Vec<workers::WrittenOutput>>(1);
+        let (flush_tx, flush_rx) = bounded::<workers::FlushTask>(1);
         {
             let (out, outbox) = (outcome_tx.clone(), config.paths.outbox.clone());
             // Opened before any output is written; an absent outbox is
@@ -219,6 +226,9 @@ impl<E: Engine> Daemon<E> {
             flush_in_flight: false,
             unflushed_since: None,
             finishing: Vec::new(),
+            unsynced: Default::default(),
+            moving: HashMap::new(),
+            finished: Vec::new(),
             deidentified_jobs: Vec::new(),
             next_claim_due: None,
             pause: None,
@@ -347,6 +357,8 @@ impl<E: Engine> Daemon<E> {
         if !self.flush_in_flight {
             self.flush_written(true)?;
             self.finish_jobs()?;
+            // The originals those jobs just moved.
+            self.flush_written(true)?;
         }
         let left = self.in_flight();
         if left == 0 {

@@ -47,10 +47,31 @@ pub enum OutcomeKind {
     Rejected(Stage, Rejection),
     /// Not the data's fault; retry after a pause. The text holds no PHI.
     EnvironmentFault(String),
-    /// These written outputs are durable now (the flush stage synced the outbox).
-    Flushed(Vec<WrittenOutput>),
-    /// Syncing the outbox failed; these outputs are not durable.
-    FlushFailed(Vec<WrittenOutput>, String),
+    /// Everything this task names is durable now (the flush stage synced the outbox).
+    Flushed(FlushTask),
+    /// Syncing failed; nothing this task names is known durable.
+    FlushFailed(FlushTask, String),
+}
+
+/// What one flush makes durable: outputs written in place, and folders
+/// whose entries the coordinator changed without syncing them (claims
+/// renamed inputs into work folders, finished jobs moved their originals).
+/// The coordinator records those jobs claimed or done once the report
+/// comes, so its own thread never waits on the disk for them.
+#[derive(Debug, Default)]
+pub struct FlushTask {
+    pub outputs: Vec<WrittenOutput>,
+    pub folders: Vec<PathBuf>,
+    /// Jobs whose claim renames `folders` hold.
+    pub claims: Vec<i64>,
+    /// Jobs whose originals' move `folders` hold.
+    pub moved: Vec<i64>,
+}
+
+impl FlushTask {
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty() && self.folders.is_empty() && self.claims.is_empty() && self.moved.is_empty()
+    }
 }
 
 /// An output in place in the outbox, not yet known durable.
@@ -156,7 +177,7 @@ fn write_output(outbox: &Path, relative: &Path, bytes: &[u8]) -> std::io::Result
 /// descriptor per batch would miss a failure of the kernel's own background
 /// writeback and record lost outputs as durable.
 pub fn flush_worker(
-    batches: Receiver<Vec<WrittenOutput>>,
+    batches: Receiver<FlushTask>,
     outbox: PathBuf,
     held: Option<std::fs::File>,
     outcomes: Sender<Outcome>,
@@ -165,7 +186,7 @@ pub fn flush_worker(
     for batch in batches {
         let flushed = match system::injected_flush_fault() {
             Some(error) => Err(error),
-            None => sync_outbox(&outbox, &mut held),
+            None => flush(&outbox, &mut held, &batch.folders),
         };
         let kind = match flushed {
             Ok(()) => OutcomeKind::Flushed(batch),
@@ -184,10 +205,31 @@ pub fn flush_worker(
     }
 }
 
+/// Syncs the outbox's file system, then the `folders` on other file
+/// systems (the inbox and work folders may be elsewhere) as
+/// `fsutil::sync_dirs` does. A folder gone since is skipped: only a job folder moves on (its job
+/// finished with no outputs, its work folder archived), and its parent,
+/// which is in `folders` too, holds that change.
+pub fn flush(outbox: &Path, held: &mut Option<std::fs::File>, folders: &[PathBuf]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let outbox_device = sync_outbox(outbox, held)?;
+    let mut elsewhere = Vec::new();
+    for folder in folders {
+        match std::fs::metadata(folder) {
+            Ok(meta) if meta.dev() != outbox_device => elsewhere.push(folder.as_path()),
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    fsutil::sync_dirs(elsewhere)
+}
+
 /// Syncs the outbox's file system through `held`, opening it when missing
 /// (the outbox was absent at start) or when the outbox is now another file
 /// system (remounted), so that the sync reaches the file system written to.
-fn sync_outbox(outbox: &Path, held: &mut Option<std::fs::File>) -> std::io::Result<()> {
+/// Returns that file system's device.
+fn sync_outbox(outbox: &Path, held: &mut Option<std::fs::File>) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let current = std::fs::metadata(outbox)?.dev();
     if let Some(file) = held.as_ref() {
@@ -199,7 +241,8 @@ fn sync_outbox(outbox: &Path, held: &mut Option<std::fs::File>) -> std::io::Resu
         Some(file) => file,
         None => held.insert(std::fs::File::open(outbox)?),
     };
-    fsutil::sync_filesystem_of(file)
+    fsutil::sync_filesystem_of(file)?;
+    Ok(current)
 }
 
 /// The synth stage: one study at a time (the model saturates the cores or
@@ -225,7 +268,7 @@ pub fn synth_worker<E: Engine>(tasks: Receiver<SynthTask<E>>, outbox: PathBuf, o
 
 #[cfg(test)]
 mod tests {
-    use super::sync_outbox;
+    use super::{flush, sync_outbox};
     use std::os::unix::fs::MetadataExt;
 
     #[test]
@@ -241,5 +284,20 @@ mod tests {
         sync_outbox(outbox.path(), &mut absent_at_start).unwrap();
         assert!(absent_at_start.is_some());
         assert!(sync_outbox(&outbox.path().join("missing"), &mut None).is_err());
+    }
+
+    #[test]
+    fn a_flush_syncs_the_folders_it_names_and_skips_one_moved_on_since() {
+        let root = tempfile::tempdir().unwrap();
+        let (outbox, work) = (root.path().join("outbox"), root.path().join("work"));
+        std::fs::create_dir_all(work.join("job-000001")).unwrap();
+        std::fs::create_dir_all(&outbox).unwrap();
+        // Its job finished with no outputs; its folder was archived before the flush.
+        let archived = work.join("job-000002");
+        // /proc is another file system: its folders get a sync of their own, which it refuses.
+        let folders = [work.join("job-000001"), archived, work.clone()];
+        flush(&outbox, &mut None, &folders).unwrap();
+        assert!(flush(&outbox, &mut None, &[std::path::PathBuf::from("/proc/self")]).is_err());
+        assert!(flush(&root.path().join("missing"), &mut None, &folders).is_err());
     }
 }

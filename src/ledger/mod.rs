@@ -579,6 +579,9 @@ impl Ledger {
     /// [`Ledger::set_jobs_state`] into the open batch (opening one), for a
     /// state no side effect waits on (a job's deidentified state).
     pub fn batch_jobs_state(&mut self, jobs: &[i64], state: JobState) -> Result<(), LedgerError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
         self.begin_batch()?;
         let mut stmt = self
             .conn
@@ -587,6 +590,28 @@ impl Ledger {
         let t = now();
         for job in jobs {
             stmt.execute(params![state.as_str(), t, job]).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Moves those of `jobs` that are in state `from` to `to`, in the open
+    /// batch (opening one); the others keep their state. For transitions
+    /// that may be overtaken: a claim made durable after its job already
+    /// finished (it had no outputs), a deidentified job whose claim is not
+    /// durable yet (a restart must still finish its renames).
+    pub fn batch_jobs_advance(&mut self, jobs: &[i64], from: JobState, to: JobState) -> Result<(), LedgerError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.begin_batch()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3 AND state = ?4")
+            .map_err(|e| self.err(e))?;
+        let t = now();
+        for job in jobs {
+            stmt.execute(params![to.as_str(), t, job, from.as_str()])
+                .map_err(|e| self.err(e))?;
         }
         Ok(())
     }
@@ -782,6 +807,33 @@ mod tests {
             .unwrap();
         ledger.set_job_state(job, JobState::Done).unwrap();
         assert_eq!(reader.instance(b).unwrap().unwrap().state, InstanceState::Written);
+    }
+
+    #[test]
+    fn a_late_transition_moves_only_jobs_still_in_its_from_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let a = ledger.insert_received(&new("s1", Path::new("/in/a"))).unwrap();
+        let b = ledger.insert_received(&new("s2", Path::new("/in/b"))).unwrap();
+        let claiming = ledger.begin_claim("st-0000000000000001", &[a]).unwrap();
+        let finished = ledger.begin_claim("st-0000000000000002", &[b]).unwrap();
+        // Its only instance was quarantined: written before its claim was known durable.
+        ledger.set_job_state(finished, JobState::Written).unwrap();
+        // Deidentified before the claim is durable: a restart must still finish the claim.
+        ledger
+            .batch_jobs_advance(&[claiming], JobState::Claimed, JobState::Deidentified)
+            .unwrap();
+        ledger
+            .batch_jobs_advance(&[claiming, finished], JobState::Claiming, JobState::Claimed)
+            .unwrap();
+        ledger.commit_batch().unwrap();
+        assert_eq!(ledger.job(claiming).unwrap().unwrap().state, JobState::Claimed);
+        assert_eq!(ledger.job(finished).unwrap().unwrap().state, JobState::Written);
+        ledger
+            .batch_jobs_advance(&[claiming], JobState::Claimed, JobState::Deidentified)
+            .unwrap();
+        ledger.commit_batch().unwrap();
+        assert_eq!(ledger.job(claiming).unwrap().unwrap().state, JobState::Deidentified);
     }
 
     #[test]
