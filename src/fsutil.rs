@@ -46,12 +46,13 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Re
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let temp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let temp = || dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     if let Some(file) = open_unnamed(dir, mode)? {
-        if let Some(buffered) = write_unnamed(file, dir, path, &temp, bytes, mode, durable)? {
+        if let Some(buffered) = write_unnamed(file, dir, path, temp, bytes, mode, durable)? {
             return Ok(buffered);
         }
     }
+    let temp = temp();
     let buffered = {
         let file = OpenOptions::new()
             .write(true)
@@ -218,15 +219,16 @@ fn write_unnamed(
     file: File,
     dir: &Path,
     path: &Path,
-    temp: &Path,
+    temp: impl Fn() -> std::path::PathBuf,
     bytes: &[u8],
     mode: u32,
     durable: bool,
 ) -> io::Result<Option<u64>> {
     use std::os::fd::AsRawFd;
     let buffered = write_contents(&file, bytes)?;
-    // The umask may have narrowed the mode given to open.
-    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    if umask_narrows(mode) {
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+    }
     if durable {
         file.sync_all()?;
     }
@@ -235,12 +237,13 @@ fn write_unnamed(
         Ok(()) => {}
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
             // Replacing: name the file under a temp name, then rename over.
-            match fs::remove_file(temp) {
+            let temp = temp();
+            match fs::remove_file(&temp) {
                 Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
                 _ => {}
             }
-            link_fd(&proc_path, temp)?;
-            fs::rename(temp, path)?;
+            link_fd(&proc_path, &temp)?;
+            fs::rename(&temp, path)?;
         }
         Err(error) => {
             if matches!(
@@ -256,6 +259,20 @@ fn write_unnamed(
         fsync_dir(dir)?;
     }
     Ok(Some(buffered))
+}
+
+/// Whether the process umask takes bits of `mode` away, so that a file
+/// created with it needs a chmod. Read once from /proc (umask(2) can only
+/// be read by changing it, which would race with other threads creating
+/// files); unknown counts as narrowing.
+fn umask_narrows(mode: u32) -> bool {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let umask = UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|line| line.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    });
+    umask.is_none_or(|umask| mode & umask != 0)
 }
 
 fn link_fd(proc_path: &str, to: &Path) -> io::Result<()> {

@@ -421,8 +421,20 @@ impl<E: Engine> Daemon<E> {
             if let Some(path) = target {
                 self.settler.renamed_in(path);
             }
-            for path in event.paths {
+            // The source of a rename and a removed entry are gone: nothing to
+            // take, and no stat to pay for (every claim renames its files
+            // out of the inbox, one event each).
+            let gone = match event.kind {
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => event.paths.len(),
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => 1,
+                _ => 0,
+            };
+            for (index, path) in event.paths.into_iter().enumerate() {
                 if !path.starts_with(&self.config.paths.inbox) {
+                    continue;
+                }
+                if index < gone {
+                    self.settler.forget(&path);
                     continue;
                 }
                 // A folder moved in brings files that raised no events of their own.
