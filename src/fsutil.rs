@@ -87,6 +87,10 @@ const DIRECT_WRITE_MIN: usize = 64 << 10;
 /// the largest logical block size in use, so valid on every device.
 const DIRECT_ALIGN: usize = 4096;
 
+/// Direct writes go through a staging buffer of at most this size per
+/// thread, so a huge multi-frame file costs no second copy of itself.
+const DIRECT_CHUNK: usize = 1 << 20;
+
 /// Set once a file system refused `O_DIRECT` or a direct write: from then on, buffered only.
 static DIRECT_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -124,9 +128,15 @@ fn write_direct_prefix(file: &File, bytes: &[u8]) -> io::Result<usize> {
     }
     let written = DIRECT_BUFFER.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
-        let blocks = aligned(&mut buffer, whole_blocks);
-        blocks.copy_from_slice(&bytes[..whole_blocks]);
-        file.write_all_at(blocks, 0)
+        let staging = aligned(&mut buffer, DIRECT_CHUNK.min(whole_blocks));
+        let mut offset = 0;
+        for chunk in bytes[..whole_blocks].chunks(staging.len()) {
+            let blocks = &mut staging[..chunk.len()];
+            blocks.copy_from_slice(chunk);
+            file.write_all_at(blocks, offset)?;
+            offset += chunk.len() as u64;
+        }
+        Ok::<(), io::Error>(())
     });
     // SAFETY: as above; the tail is written buffered.
     let restored = unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } == 0;
@@ -390,7 +400,8 @@ mod tests {
             DIRECT_WRITE_MIN,
             DIRECT_WRITE_MIN + 1,
             200_003,
-            (1 << 20) + DIRECT_ALIGN,
+            DIRECT_CHUNK + DIRECT_ALIGN,
+            3 * DIRECT_CHUNK + 5,
         ] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
             let path = root.path().join(format!("out-{len}.dcm"));
