@@ -102,8 +102,17 @@ impl<E: Engine> Daemon<E> {
         }
         let mut moved = Vec::with_capacity(jobs.len());
         let mut touched = HashSet::from([self.config.paths.work.clone()]);
-        for &job in &jobs {
-            let unfinished = self.track_job(job)?;
+        for (&job, (study, instances)) in jobs.iter().zip(&due) {
+            // What `begin_claims` recorded, without reading it back.
+            let unfinished: Vec<Instance> = instances
+                .iter()
+                .map(|instance| Instance {
+                    job_id: Some(job),
+                    state: InstanceState::Claimed,
+                    ..instance.clone()
+                })
+                .collect();
+            self.track(job, study.clone(), unfinished.len(), &unfinished);
             if !self.move_into_work_unsynced(job, &unfinished, &mut touched, true)? {
                 // Its dispatched files finish; `resume_moves` completes the claim.
                 self.jobs.remove(&job);
@@ -230,11 +239,17 @@ impl<E: Engine> Daemon<E> {
             .into_iter()
             .filter(|i| i.state == InstanceState::Claimed)
             .collect();
+        self.track(job, record.study_key, total, &unfinished);
+        Ok(unfinished)
+    }
+
+    /// Tracks a job of `total` instances, `unfinished` of them still to do.
+    fn track(&mut self, job: i64, study_key: String, total: usize, unfinished: &[Instance]) {
         let remaining: HashSet<i64> = unfinished.iter().map(|i| i.id).collect();
         self.jobs.insert(
             job,
             Progress {
-                study_key: record.study_key,
+                study_key,
                 total,
                 tasks: remaining.len(),
                 remaining,
@@ -245,7 +260,6 @@ impl<E: Engine> Daemon<E> {
                 synthesis_started: false,
             },
         );
-        Ok(unfinished)
     }
 
     fn enqueue(&mut self, instance: &Instance) {
