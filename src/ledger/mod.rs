@@ -577,21 +577,9 @@ impl Ledger {
     }
 
     /// [`Ledger::set_jobs_state`] into the open batch (opening one), for a
-    /// state no side effect waits on (a job's deidentified state).
+    /// state no side effect waits on until the round's commit.
     pub fn batch_jobs_state(&mut self, jobs: &[i64], state: JobState) -> Result<(), LedgerError> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        self.begin_batch()?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3")
-            .map_err(|e| self.err(e))?;
-        let t = now();
-        for job in jobs {
-            stmt.execute(params![state.as_str(), t, job]).map_err(|e| self.err(e))?;
-        }
-        Ok(())
+        self.batch_jobs_update(jobs, None, state)
     }
 
     /// Moves those of `jobs` that are in state `from` to `to`, in the open
@@ -600,17 +588,21 @@ impl Ledger {
     /// finished (it had no outputs), a deidentified job whose claim is not
     /// durable yet (a restart must still finish its renames).
     pub fn batch_jobs_advance(&mut self, jobs: &[i64], from: JobState, to: JobState) -> Result<(), LedgerError> {
+        self.batch_jobs_update(jobs, Some(from), to)
+    }
+
+    fn batch_jobs_update(&mut self, jobs: &[i64], from: Option<JobState>, to: JobState) -> Result<(), LedgerError> {
         if jobs.is_empty() {
             return Ok(());
         }
         self.begin_batch()?;
         let mut stmt = self
             .conn
-            .prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3 AND state = ?4")
+            .prepare_cached("UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3 AND (?4 IS NULL OR state = ?4)")
             .map_err(|e| self.err(e))?;
-        let t = now();
+        let (t, from) = (now(), from.map(JobState::as_str));
         for job in jobs {
-            stmt.execute(params![to.as_str(), t, job, from.as_str()])
+            stmt.execute(params![to.as_str(), t, job, from])
                 .map_err(|e| self.err(e))?;
         }
         Ok(())
