@@ -5,7 +5,9 @@
 # made by fixtures/daemon/make_mr.py; 64x64 pixels, the worst case for
 # per-file costs, and 256x256, a typical MR matrix), it measures, REPEAT times
 # each (default 3; medians reported, every run listed):
-#   - `synthd deid` on the same files (baseline, same worker count),
+#   - `synthd deid` on the same files (baseline, same worker count: WORKERS
+#     deid workers and 3 x WORKERS output workers, as `synthd deid --jobs
+#     WORKERS` runs 3 writers per worker),
 #   - the daemon: files renamed into the inbox at once, then the time from
 #     stable_age expiry to the last "study finished" (outputs durable and
 #     recorded, originals archived): latency, instances/s over that time
@@ -67,7 +69,7 @@ run_daemon() {
     -e 's/settle = "2s"/settle = "200ms"/' \
     -e 's/min_free_space = "512MiB"/min_free_space = "1MiB"/' \
     -e "s/deid_workers = 2/deid_workers = $workers/" \
-    -e "s/output_workers = 2/output_workers = $workers/" \
+    -e "s/output_workers = 6/output_workers = $((3 * workers))/" \
     -e 's/summary_interval = "5m"/summary_interval = "1h"/' "$config"
   mkdir -p "$layout/stage"
   cp -r "$dir/src/." "$layout/stage/"

@@ -81,7 +81,7 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Re
 /// would only push the PACS's own files out of the cache. Small files
 /// stay buffered: a direct write waits for the device, and their bytes
 /// are few.
-const DIRECT_WRITE_MIN: usize = 64 << 10;
+pub const DIRECT_WRITE_MIN: usize = 64 << 10;
 
 /// Buffer address, file offset and length alignment for direct writes:
 /// the largest logical block size in use, so valid on every device.

@@ -105,7 +105,8 @@ format = "text"
 
 [daemon]
 deid_workers = 2
-output_workers = 2
+# Output workers mostly wait for the disk; more of them keep writes in flight.
+output_workers = 6
 queue_depth = 64
 shutdown_timeout = "30s"
 originals = "archive"

@@ -157,7 +157,9 @@ pub enum OriginalsPolicy {
 pub struct DaemonSettings {
     #[serde(default = "default_workers", deserialize_with = "ranges::u32_in::<1, 256, _>")]
     pub deid_workers: u32,
-    #[serde(default = "default_workers", deserialize_with = "ranges::u32_in::<1, 256, _>")]
+    /// Output workers mostly wait for the disk (a large output's blocks are
+    /// written with O_DIRECT), so more of them than cores keep writes in flight.
+    #[serde(default = "default_output_workers", deserialize_with = "ranges::u32_in::<1, 256, _>")]
     pub output_workers: u32,
     /// Capacity of each bounded channel between stages.
     #[serde(default = "default_queue_depth", deserialize_with = "ranges::u32_in::<1, 100000, _>")]
@@ -180,7 +182,7 @@ impl Default for DaemonSettings {
     fn default() -> Self {
         DaemonSettings {
             deid_workers: default_workers(),
-            output_workers: default_workers(),
+            output_workers: default_output_workers(),
             queue_depth: default_queue_depth(),
             shutdown_timeout: default_shutdown_timeout(),
             originals: OriginalsPolicy::Archive,
@@ -193,6 +195,9 @@ impl Default for DaemonSettings {
 
 fn default_workers() -> u32 {
     2
+}
+fn default_output_workers() -> u32 {
+    6
 }
 fn default_queue_depth() -> u32 {
     64
