@@ -71,6 +71,9 @@ impl Deidentified {
 
     /// The Part 10 file bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, DeidError> {
+        if let Some(bytes) = self.to_bytes_with_trailing_pixels() {
+            return bytes;
+        }
         // Sized up front: growing by doubling would copy the pixels again.
         let pixel_bytes = self
             .object
@@ -82,6 +85,49 @@ impl Deidentified {
             .write_all(&mut bytes)
             .map_err(|e| DeidError::Encode(e.to_string()))?;
         Ok(bytes)
+    }
+
+    /// The common case of [`Self::to_bytes`]: native Pixel Data, held as
+    /// bytes of even length, last in a little-endian dataset. The encoder
+    /// writes a clone of every value, and a byte value clones one byte at a
+    /// time; so everything before Pixel Data is encoded as usual, and the
+    /// Pixel Data element is appended as the encoder would write it. `None`:
+    /// not that case.
+    fn to_bytes_with_trailing_pixels(&self) -> Option<Result<Vec<u8>, DeidError>> {
+        let explicit = match self.object.meta().transfer_syntax().trim_end_matches('\0') {
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN => true,
+            dicom_dictionary_std::uids::IMPLICIT_VR_LITTLE_ENDIAN => false,
+            _ => return None,
+        };
+        let pixels = self.object.get(tags::PIXEL_DATA)?;
+        let Value::Primitive(PrimitiveValue::U8(data)) = pixels.value() else {
+            return None;
+        };
+        let length = u32::try_from(data.len())
+            .ok()
+            .filter(|n| n % 2 == 0 && *n != u32::MAX)?;
+        if !matches!(pixels.vr(), VR::OB | VR::OW) || self.object.iter().any(|e| e.tag() > tags::PIXEL_DATA) {
+            return None;
+        }
+        let header = InMemDicomObject::from_element_iter(
+            self.object
+                .iter()
+                .filter(|element| element.tag() != tags::PIXEL_DATA)
+                .cloned(),
+        )
+        .with_exact_meta(self.object.meta().clone());
+        let mut bytes = Vec::with_capacity(data.len() + 16 * 1024);
+        if let Err(error) = header.write_all(&mut bytes) {
+            return Some(Err(DeidError::Encode(error.to_string())));
+        }
+        bytes.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00]);
+        if explicit {
+            bytes.extend_from_slice(pixels.vr().to_string().as_bytes());
+            bytes.extend_from_slice(&[0, 0]);
+        }
+        bytes.extend_from_slice(&length.to_le_bytes());
+        bytes.extend_from_slice(data);
+        Some(Ok(bytes))
     }
 
     /// `<study>/<series>/<sop>.dcm`, named only by new UIDs.
@@ -910,6 +956,56 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::contains;
+
+    #[test]
+    fn trailing_pixels_are_appended_exactly_as_the_encoder_writes_them() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::{tags, uids};
+        let dir = tempfile::tempdir().unwrap();
+        crate::keyfile::generate(&dir.path().join("k")).unwrap();
+        let key = crate::keyfile::SiteKey::read(&dir.path().join("k")).unwrap();
+        let deidentifier = super::Deidentifier::new(key, &Default::default()).unwrap();
+        let instance = |transfer_syntax: &str, vr: VR, pixels: usize| {
+            let object = dicom_object::InMemDicomObject::from_element_iter([
+                DataElement::new(
+                    tags::SOP_CLASS_UID,
+                    VR::UI,
+                    PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
+                ),
+                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.5")),
+                DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
+                DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.1")),
+                DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("MR")),
+                DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("FAKE^ENCODE")),
+                DataElement::new(tags::PIXEL_DATA, vr, PrimitiveValue::from(vec![7u8; pixels])),
+            ]);
+            let file = object
+                .with_meta(dicom_object::FileMetaTableBuilder::new().transfer_syntax(transfer_syntax))
+                .unwrap();
+            deidentifier.deidentify_object(file).unwrap()
+        };
+        for (transfer_syntax, vr) in [
+            (uids::EXPLICIT_VR_LITTLE_ENDIAN, VR::OW),
+            (uids::EXPLICIT_VR_LITTLE_ENDIAN, VR::OB),
+            (uids::IMPLICIT_VR_LITTLE_ENDIAN, VR::OW),
+        ] {
+            let deidentified = instance(transfer_syntax, vr, 64);
+            let appended = deidentified
+                .to_bytes_with_trailing_pixels()
+                .expect("the common case")
+                .unwrap();
+            let mut encoded = Vec::new();
+            deidentified.object.write_all(&mut encoded).unwrap();
+            assert_eq!(appended, encoded, "{transfer_syntax} {vr}");
+        }
+        // Odd lengths and big endian take the encoder's own path.
+        assert!(instance(uids::EXPLICIT_VR_LITTLE_ENDIAN, VR::OB, 63)
+            .to_bytes_with_trailing_pixels()
+            .is_none());
+        assert!(instance(super::super::read::EXPLICIT_VR_BIG_ENDIAN, VR::OW, 64)
+            .to_bytes_with_trailing_pixels()
+            .is_none());
+    }
 
     #[test]
     fn a_numeric_value_is_found_only_as_a_whole_number() {
