@@ -373,11 +373,8 @@ impl<E: Engine> Daemon<E> {
 
     /// A flush that was not made: its outputs and folder changes wait for the next.
     fn take_back(&mut self, task: workers::FlushTask) {
-        self.unflushed = task.outputs;
+        self.unflushed = self.unsynced.absorb(task);
         self.unflushed_since.get_or_insert_with(Instant::now);
-        self.unsynced.folders.extend(task.folders);
-        self.unsynced.claims.extend(task.claims);
-        self.unsynced.moved.extend(task.moved);
     }
 
     /// A durable flush: its outputs recorded written, its claims claimed and
@@ -498,10 +495,8 @@ impl<E: Engine> Daemon<E> {
                 // Not durable, so not recorded: the instances are written
                 // again, the folders synced with the next flush.
                 self.flush_in_flight = false;
-                self.retry.extend(task.outputs.iter().map(|w| (w.job, w.instance)));
-                self.unsynced.folders.extend(task.folders);
-                self.unsynced.claims.extend(task.claims);
-                self.unsynced.moved.extend(task.moved);
+                let outputs = self.unsynced.absorb(task);
+                self.retry.extend(outputs.iter().map(|w| (w.job, w.instance)));
                 self.pause_for(reason);
             }
             OutcomeKind::Rejected(stage, rejection) => {

@@ -72,6 +72,15 @@ impl FlushTask {
     pub fn is_empty(&self) -> bool {
         self.outputs.is_empty() && self.folders.is_empty() && self.claims.is_empty() && self.moved.is_empty()
     }
+
+    /// Takes back the folder changes of a flush that was not made (or
+    /// failed), to go out with the next; returns its outputs.
+    pub fn absorb(&mut self, other: FlushTask) -> Vec<WrittenOutput> {
+        self.folders.extend(other.folders);
+        self.claims.extend(other.claims);
+        self.moved.extend(other.moved);
+        other.outputs
+    }
 }
 
 /// An output in place in the outbox, not yet known durable.
@@ -207,9 +216,9 @@ pub fn flush_worker(
 
 /// Syncs the outbox's file system, then the `folders` on other file
 /// systems (the inbox and work folders may be elsewhere) as
-/// `fsutil::sync_dirs` does. A folder gone since is skipped: only a job folder moves on (its job
-/// finished with no outputs, its work folder archived), and its parent,
-/// which is in `folders` too, holds that change.
+/// `fsutil::sync_dirs` does. A folder gone since is skipped: only a job
+/// folder moves on (its job finished with no outputs, its work folder
+/// archived), and its parent, which is in `folders` too, holds that change.
 pub fn flush(outbox: &Path, held: &mut Option<std::fs::File>, folders: &[PathBuf]) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let outbox_device = sync_outbox(outbox, held)?;
