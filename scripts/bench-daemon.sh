@@ -26,6 +26,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 python=${SYNTHD_PYTHON:-$root/.venv/bin/python}
 workers=${WORKERS:-2}
+output_workers=${OUTPUT_WORKERS:-$((3 * workers))}
 repeat=${REPEAT:-3}
 cases=${CASES:-one-large many-small}
 sizes=${SIZES:-64 256}
@@ -69,7 +70,7 @@ run_daemon() {
     -e 's/settle = "2s"/settle = "200ms"/' \
     -e 's/min_free_space = "512MiB"/min_free_space = "1MiB"/' \
     -e "s/deid_workers = 2/deid_workers = $workers/" \
-    -e "s/output_workers = 6/output_workers = $((3 * workers))/" \
+    -e "s/output_workers = 6/output_workers = $output_workers/" \
     -e 's/summary_interval = "5m"/summary_interval = "1h"/' "$config"
   mkdir -p "$layout/stage"
   cp -r "$dir/src/." "$layout/stage/"
@@ -78,25 +79,28 @@ run_daemon() {
   "$bin" run --allow-root --config "$config" 2>"$log" &
   daemon_pid=$!
   until grep -qs serving "$log"; do sleep 0.05; done
-  "$python" - "$layout/stage" "$layout/inbox" <<'PY'
-import os, sys
+  # The mover prints when its last rename landed: the daemon counts
+  # stable_age from each file's arrival (its ctime), so expiry is that
+  # moment plus stable_age, not when this script gets round to reading a clock.
+  local t_moved t_first t_last
+  t_moved=$("$python" - "$layout/stage" "$layout/inbox" <<'PY'
+import os, sys, time
 stage, inbox = sys.argv[1], sys.argv[2]
 for study in sorted(os.listdir(stage)):
     for name in sorted(os.listdir(os.path.join(stage, study))):
         os.rename(os.path.join(stage, study, name), os.path.join(inbox, f"{study}-{name}"))
+print(f"{time.time():.6f}")
 PY
-  local t_moved t_first= t_last
-  t_moved=$(now)
-  # Polling the small log rather than listing the outbox keeps the probe
-  # off the CPUs the daemon is measured on.
-  while [ -z "$t_first" ]; do
-    [ -n "$(find "$layout/outbox" -type f -name '*.dcm' -print -quit)" ] && t_first=$(now)
-    sleep 0.01
-  done
+)
+  # The probe must not compete for the CPUs the daemon is measured on, so
+  # it looks rarely and reads no clock: the finish time is the timestamp
+  # the daemon logged on its last "study finished" line, and the first
+  # output's time is the earliest modification time in the outbox.
   while [ "$(grep -c 'study finished' "$log")" -lt "$studies" ]; do
-    sleep 0.01
+    sleep 0.25
   done
-  t_last=$(now)
+  t_last=$(date -d "$(grep 'study finished' "$log" | tail -1 | cut -d' ' -f1)" +%s.%N)
+  t_first=$(find "$layout/outbox" -type f -name '*.dcm' -printf '%T@\n' | sort -g | head -1)
   local rss_kib
   rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$daemon_pid/status")
   kill -TERM "$daemon_pid"
