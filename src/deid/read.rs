@@ -92,9 +92,13 @@ fn read_with_trailing_native_pixels(bytes: &[u8]) -> Option<DefaultDicomObject> 
         _ => return None,
     };
     let (at, header, vr) = trailing_pixel_data(bytes, dataset_start, explicit)?;
+    // Parsed through the Pixel Data header, which stops the parser: ending
+    // the slice before it would make the parser read past the end, and
+    // dicom-rs captures a backtrace for that error (4% of `synthd deid`).
     let mut object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Always)
-        .from_reader(&bytes[..at])
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(&bytes[..at + header])
         .ok()?;
     if object.get(tags::PIXEL_DATA).is_some() {
         return None;
