@@ -173,13 +173,16 @@ impl<E: Engine> Daemon<E> {
         let settings = &config.raw.daemon;
         let depth = settings.queue_depth as usize;
         let (deid_tx, deid_rx) = bounded::<DeidTask<E>>(depth);
-        let (output_tx, output_rx) = bounded::<workers::OutputTask<E>>(depth);
+        let (output_tx, output_rx) = bounded::<workers::OutputTask>(depth);
         // Outcomes are bounded by the tasks in flight, so this cannot grow without bound.
         let (outcome_tx, outcome_rx) = unbounded::<Outcome>();
         let mut threads = Vec::new();
         for n in 0..settings.deid_workers {
             let (rx, tx, out) = (deid_rx.clone(), output_tx.clone(), outcome_tx.clone());
-            threads.push(spawn(format!("deid-{n}"), move || workers::deid_worker(rx, tx, out)));
+            let outbox = config.paths.outbox.clone();
+            threads.push(spawn(format!("deid-{n}"), move || {
+                workers::deid_worker(rx, tx, outbox, out)
+            }));
         }
         let (synth_tx, synth_rx) = bounded::<workers::SynthTask<E>>(depth);
         {

@@ -30,6 +30,10 @@ impl Engine for CopyEngine {
 }
 
 pub(crate) fn write_mr(path: &Path, study: &str, sop: &str, patient: &str) {
+    write_mr_with_pixels(path, study, sop, patient, 32);
+}
+
+fn write_mr_with_pixels(path: &Path, study: &str, sop: &str, patient: &str, pixel_bytes: usize) {
     let object = InMemDicomObject::from_element_iter([
         DataElement::new(
             tags::SOP_CLASS_UID,
@@ -45,7 +49,7 @@ pub(crate) fn write_mr(path: &Path, study: &str, sop: &str, patient: &str) {
             VR::UI,
             PrimitiveValue::from(format!("{study}.1")),
         ),
-        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(vec![7u8; 32])),
+        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(vec![7u8; pixel_bytes])),
     ]);
     let file = object
         .with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
@@ -187,5 +191,36 @@ fn an_interrupted_claim_resumes_after_restart_without_duplicates() {
     assert_eq!(files_under(&config.paths.outbox).len(), 3);
     assert!(files_under(&config.paths.inbox).is_empty());
     assert!(daemon.ledger.unfinished_jobs().unwrap().is_empty());
+    assert_eq!(daemon.ledger.jobs_in(JobState::Done).unwrap().len(), 1);
+}
+
+#[test]
+fn small_outputs_are_written_by_the_deid_worker_and_large_ones_by_the_output_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = layout(dir.path());
+    let inbox = config.paths.inbox.clone();
+    let large = crate::fsutil::DIRECT_WRITE_MIN + 4096 + 6;
+    write_mr_with_pixels(&inbox.join("small.dcm"), "1.2.3.400", "1.2.3.400.1", "FAKE^GAMMA", 32);
+    write_mr_with_pixels(
+        &inbox.join("large.dcm"),
+        "1.2.3.400",
+        "1.2.3.400.2",
+        "FAKE^GAMMA",
+        large,
+    );
+    let inputs: Vec<Vec<u8>> = ["small.dcm", "large.dcm"]
+        .iter()
+        .map(|name| std::fs::read(inbox.join(name)).unwrap())
+        .collect();
+    let mut daemon = start(&config);
+    run_until_idle(&mut daemon, &inbox);
+    let mut written: Vec<Vec<u8>> = files_under(&config.paths.outbox)
+        .iter()
+        .map(|path| std::fs::read(path).unwrap())
+        .collect();
+    written.sort_by_key(Vec::len);
+    // The test engine copies its input: each output holds its input's bytes.
+    assert_eq!(written, inputs);
+    assert!(written[1].len() >= crate::fsutil::DIRECT_WRITE_MIN);
     assert_eq!(daemon.ledger.jobs_in(JobState::Done).unwrap().len(), 1);
 }

@@ -1,5 +1,6 @@
-//! The stage threads: deid workers turn claimed files into de-identified
-//! items, output workers write them durably. Each reports back to the
+//! The stage threads: deid workers turn claimed files into encoded
+//! de-identified instances and write the small ones; output workers write
+//! the large ones, whose writes wait on the disk. Each reports back to the
 //! coordinator, which alone writes the ledger.
 
 use super::engine::Engine;
@@ -19,11 +20,13 @@ pub struct DeidTask<E: Engine> {
     pub engine: Arc<E>,
 }
 
-pub struct OutputTask<E: Engine> {
+/// An encoded output too large to write on the deid worker's thread.
+pub struct OutputTask {
     pub job: i64,
     pub instance: i64,
-    pub item: E::Item,
-    pub engine: Arc<E>,
+    /// Relative to the outbox.
+    pub relative: PathBuf,
+    pub bytes: Vec<u8>,
 }
 
 /// Study-level synthesis of one job's written instances for one pipeline.
@@ -99,51 +102,61 @@ pub struct Outcome {
     pub kind: OutcomeKind,
 }
 
-pub fn deid_worker<E: Engine>(tasks: Receiver<DeidTask<E>>, output: Sender<OutputTask<E>>, outcomes: Sender<Outcome>) {
+/// Outputs under [`fsutil::DIRECT_WRITE_MIN`] are written where they were
+/// made: a buffered write of a few kilobytes costs less than handing it to
+/// another thread (two wake-ups and context switches per file, the largest
+/// cost the daemon added to `synthd deid` on small instances). Larger ones
+/// are written with O_DIRECT and wait on the device, so they go to the
+/// output workers, which keep several writes in flight while this worker
+/// de-identifies the next file.
+pub fn deid_worker<E: Engine>(
+    tasks: Receiver<DeidTask<E>>,
+    output: Sender<OutputTask>,
+    outbox: PathBuf,
+    outcomes: Sender<Outcome>,
+) {
     for task in tasks {
         // Claimed originals hold PHI: 0640 inside the 0750 work folder,
         // whatever mode they arrived with. Here rather than in the claim,
         // which renames every file on the coordinator's thread.
         let _ = std::fs::set_permissions(&task.path, std::fs::Permissions::from_mode(0o640));
-        let result = task.engine.deidentify(&task.pipeline, &task.path);
         let (job, instance) = (task.job, task.instance);
-        match result {
-            Ok(item) => {
-                // No report of its own: the output stage's report implies it,
-                // and one message per instance less keeps the coordinator idle.
+        let encoded = task
+            .engine
+            .deidentify(&task.pipeline, &task.path)
+            .map_err(|rejection| (Stage::Deid, rejection))
+            .and_then(|item| {
+                task.engine
+                    .encode(&item)
+                    .map_err(|rejection| (Stage::Output, rejection))
+            });
+        let kind = match encoded {
+            Err((stage, rejection)) => OutcomeKind::Rejected(stage, rejection),
+            Ok((relative, bytes)) if bytes.len() < fsutil::DIRECT_WRITE_MIN => written(&outbox, relative, &bytes),
+            Ok((relative, bytes)) => {
+                // No report of its own: the output stage's report implies it.
                 // A full output queue blocks here: back-pressure up to intake.
-                if output
-                    .send(OutputTask {
-                        job,
-                        instance,
-                        item,
-                        engine: task.engine,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Err(rejection) => {
-                let _ = outcomes.send(Outcome {
+                let task = OutputTask {
                     job,
                     instance,
-                    kind: OutcomeKind::Rejected(Stage::Deid, rejection),
-                });
+                    relative,
+                    bytes,
+                };
+                if output.send(task).is_err() {
+                    return;
+                }
+                continue;
             }
+        };
+        if outcomes.send(Outcome { job, instance, kind }).is_err() {
+            return;
         }
     }
 }
 
-pub fn output_worker<E: Engine>(tasks: Receiver<OutputTask<E>>, outbox: PathBuf, outcomes: Sender<Outcome>) {
+pub fn output_worker(tasks: Receiver<OutputTask>, outbox: PathBuf, outcomes: Sender<Outcome>) {
     for task in tasks {
-        let kind = match task.engine.encode(&task.item) {
-            Err(rejection) => OutcomeKind::Rejected(Stage::Output, rejection),
-            Ok((relative, bytes)) => match write_output(&outbox, &relative, &bytes) {
-                Ok(()) => OutcomeKind::Written(relative),
-                Err(error) => OutcomeKind::EnvironmentFault(format!("writing to the outbox failed: {error}")),
-            },
-        };
+        let kind = written(&outbox, task.relative, &task.bytes);
         if outcomes
             .send(Outcome {
                 job: task.job,
@@ -154,6 +167,14 @@ pub fn output_worker<E: Engine>(tasks: Receiver<OutputTask<E>>, outbox: PathBuf,
         {
             return;
         }
+    }
+}
+
+/// Writes an output and says how that went.
+fn written(outbox: &Path, relative: PathBuf, bytes: &[u8]) -> OutcomeKind {
+    match write_output(outbox, &relative, bytes) {
+        Ok(()) => OutcomeKind::Written(relative),
+        Err(error) => OutcomeKind::EnvironmentFault(format!("writing to the outbox failed: {error}")),
     }
 }
 
