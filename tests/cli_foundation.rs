@@ -92,7 +92,7 @@ fn validate_reports_wrong_type() {
     let first = stderr(&output).lines().next().unwrap().to_string();
     assert_eq!(
         first,
-        format!("{config}:38:15: `daemon.queue_depth`: invalid type: string \"many\", expected a whole number between 1 and 100000")
+        format!("{config}:39:15: `daemon.queue_depth`: invalid type: string \"many\", expected a whole number between 1 and 100000")
     );
 }
 

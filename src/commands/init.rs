@@ -105,7 +105,8 @@ format = "text"
 
 [daemon]
 deid_workers = 2
-# Output workers mostly wait for the disk; more of them keep writes in flight.
+# Output workers write instances of 64 KiB and more (smaller ones are written
+# by the deid worker); they mostly wait for the disk, so more keep writes in flight.
 output_workers = 6
 queue_depth = 64
 shutdown_timeout = "30s"

@@ -1,11 +1,13 @@
 //! Taking settled inbox files into the ledger: header read, duplicate
 //! check, pipeline choice, or quarantine with a reason.
 
+use super::receiving::{Receiving, ToStage};
 use super::{Daemon, DaemonError, Engine};
 use crate::ingest::{self, Entry};
 use crate::ledger::{InstanceState, NewInstance};
 use crate::phi::{keyed_digest, StudyKey};
 use crate::quarantine::{ReasonCode, Rejection, Stage};
+use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -16,9 +18,10 @@ const UNKNOWN_STUDY: &str = "st-unknown";
 
 impl<E: Engine> Daemon<E> {
     /// Looks at every pending path once; takes those that have settled. The
-    /// round's `received` records share one ledger transaction: nothing
-    /// leaves the inbox on their account, so a crash before the commit only
-    /// means the files are taken again at the next start.
+    /// round's `received` records share one ledger transaction, and only
+    /// once it is committed do their files leave the inbox (for their
+    /// study's receiving folder), so a crash before the commit only means
+    /// the files are taken again at the next start.
     pub(super) fn intake(&mut self) -> Result<(), DaemonError> {
         if self.pending.is_empty() {
             return Ok(());
@@ -26,7 +29,46 @@ impl<E: Engine> Daemon<E> {
         self.ledger.begin_batch()?;
         let taken = self.intake_pending();
         self.ledger.commit_batch()?;
+        self.stage_received();
         taken
+    }
+
+    /// Moves committed `received` files from the inbox into
+    /// `paths.work/receiving/<study>/` (see `receiving`). The folders whose
+    /// entries changed go to the flush thread, due within `FLUSH_AFTER`:
+    /// the coordinator does not wait on the disk for them, and a crash
+    /// before they are synced leaves each file in the inbox (taken again,
+    /// and moved) or in its receiving folder. A file that cannot be moved
+    /// stays in the inbox, recorded; its claim moves it from there.
+    fn stage_received(&mut self) {
+        let to_stage = std::mem::take(&mut self.receiving.to_stage);
+        if to_stage.is_empty() {
+            return;
+        }
+        let work = self.config.paths.work.clone();
+        let mut touched: HashSet<PathBuf> = HashSet::from([work.join("receiving")]);
+        for item in to_stage {
+            let moved = self
+                .receiving
+                .prepare(&work, &item.study)
+                .and_then(|()| std::fs::rename(&item.inbox_path, Receiving::path(&work, &item.study, item.id)));
+            match moved {
+                Ok(()) => {
+                    self.receiving.moved(&item.study, item.id);
+                    self.recorded.remove(&item.inbox_path);
+                    touched.insert(Receiving::folder(&work, &item.study));
+                    touched.extend(item.inbox_path.parent().map(Path::to_path_buf));
+                }
+                // Gone from the inbox: its claim finds it nowhere and says so.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    self.io_fault("ingest", &error);
+                    break;
+                }
+            }
+        }
+        self.unsynced.folders.extend(touched);
+        self.unflushed_since.get_or_insert_with(Instant::now);
     }
 
     fn intake_pending(&mut self) -> Result<(), DaemonError> {
@@ -111,9 +153,19 @@ impl<E: Engine> Daemon<E> {
             arrived,
         };
         if let Some(existing) = self.ledger.live_with_sop(&sop_digest)? {
-            if existing.state == InstanceState::Received && existing.inbox_path == path {
-                // Recorded before a restart; nothing new.
+            let work = &self.config.paths.work;
+            if existing.state == InstanceState::Received
+                && existing.inbox_path == path
+                && existing.content_digest == header.content_digest
+                && !Receiving::path(work, &existing.study_key, existing.id).exists()
+            {
+                // Recorded before a restart that came before its move (or lost it).
                 self.recorded.insert(path.to_path_buf());
+                self.receiving.to_stage.push(ToStage {
+                    id: existing.id,
+                    study: existing.study_key,
+                    inbox_path: path.to_path_buf(),
+                });
                 return Ok(());
             }
             let mid_claim = existing.state == InstanceState::Claimed
@@ -155,8 +207,13 @@ impl<E: Engine> Daemon<E> {
             );
             return self.quarantine_new(&new, &rejection);
         }
-        self.ledger.insert_received(&new)?;
+        let id = self.ledger.insert_received(&new)?;
         self.recorded.insert(path.to_path_buf());
+        self.receiving.to_stage.push(ToStage {
+            id,
+            study: study_key.as_str().to_string(),
+            inbox_path: path.to_path_buf(),
+        });
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! instances to the stages, recording outcomes, moving originals and
 //! quarantined inputs, and resuming all of it after a restart.
 
+use super::receiving::Receiving;
 use super::workers::{self, DeidTask, OutcomeKind, WrittenOutput};
 use super::{Daemon, DaemonError, Engine, Progress};
 use crate::fsutil;
@@ -27,7 +28,7 @@ impl<E: Engine> Daemon<E> {
             .join(instance.work_name())
     }
 
-    fn io_fault(&mut self, stage: &str, error: &std::io::Error) {
+    pub(super) fn io_fault(&mut self, stage: &str, error: &std::io::Error) {
         self.pause_for(format!("{stage}: {error}"));
     }
 
@@ -155,11 +156,14 @@ impl<E: Engine> Daemon<E> {
         }
     }
 
-    /// Moves a claiming job's inputs from the inbox into its work folder
-    /// (0750, files 0640), not yet durably: the folders whose entries
-    /// changed are added to `touched` for the caller to fsync. With
-    /// `dispatch`, each file is queued for the deid stage once it is in
-    /// place. False when an environment fault stopped it.
+    /// Moves a claiming job's inputs into its work folder (0750, files
+    /// 0640), not yet durably: the folders whose entries changed are added
+    /// to `touched` for the caller to fsync. A fresh claim whose study
+    /// folder in `receiving` holds exactly its instances renames that
+    /// folder; otherwise each file is looked for in the work folder, its
+    /// receiving folder, then the inbox. With `dispatch`, each file is
+    /// queued for the deid stage once it is in place. False when an
+    /// environment fault stopped it.
     fn move_into_work_unsynced(
         &mut self,
         job: i64,
@@ -168,6 +172,34 @@ impl<E: Engine> Daemon<E> {
         dispatch: bool,
     ) -> Result<bool, DaemonError> {
         let dir = self.work_dir(job);
+        let work = self.config.paths.work.clone();
+        let study = instances.first().map(|i| i.study_key.clone()).unwrap_or_default();
+        // Their files left these at intake or leave them now: the claim is
+        // durable once they are synced too.
+        for folder in instances.iter().filter_map(|i| i.inbox_path.parent()) {
+            if !touched.contains(folder) {
+                touched.insert(folder.to_path_buf());
+            }
+        }
+        let ids: HashSet<i64> = instances.iter().map(|i| i.id).collect();
+        if dispatch && self.receiving.holds_exactly(&study, &ids) && !dir.exists() {
+            if let Err(error) = std::fs::rename(Receiving::folder(&work, &study), &dir) {
+                self.receiving.lost_track(&study);
+                self.io_fault("claim", &error);
+                return Ok(false);
+            }
+            self.receiving.claimed_whole(&study);
+            for instance in instances {
+                self.enqueue(instance);
+                if self.dispatch.len() >= 16 {
+                    self.push_dispatch();
+                }
+            }
+            self.push_dispatch();
+            touched.insert(work.join("receiving"));
+            touched.insert(dir);
+            return Ok(true);
+        }
         // Only a resumed claim can find files already moved; a fresh folder
         // saves a stat per file.
         let resuming = dir.exists();
@@ -175,21 +207,27 @@ impl<E: Engine> Daemon<E> {
             self.io_fault("claim", &error);
             return Ok(false);
         }
+        let mut from_receiving = false;
         for instance in instances {
             let target = dir.join(instance.work_name());
             let in_place = if resuming && target.exists() {
                 true
             } else {
-                match std::fs::rename(&instance.inbox_path, &target) {
-                    Ok(()) => {
-                        // Its mode becomes 0640 in the deid worker, off this thread.
-                        if let Some(parent) = instance.inbox_path.parent() {
-                            touched.insert(parent.to_path_buf());
-                        }
-                        true
-                    }
+                let received = Receiving::path(&work, &study, instance.id);
+                let moved = match std::fs::rename(&received, &target) {
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                        // Neither in the inbox nor in work: removed by someone else.
+                        std::fs::rename(&instance.inbox_path, &target)
+                    }
+                    other => {
+                        from_receiving = true;
+                        other
+                    }
+                };
+                match moved {
+                    // Its mode becomes 0640 in the deid worker, off this thread.
+                    Ok(()) => true,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                        // In neither the inbox, its receiving folder nor work: removed by someone else.
                         tracing::error!(target: "daemon", job = %ledger::job_name(job), instance = instance.id, "an instance vanished from the inbox before it was claimed; it was not processed");
                         self.ledger.set_instance_state(instance.id, InstanceState::Requeued)?;
                         if let Some(progress) = self.jobs.get_mut(&job) {
@@ -200,6 +238,7 @@ impl<E: Engine> Daemon<E> {
                         false
                     }
                     Err(error) => {
+                        self.receiving.lost_track(&study);
                         self.io_fault("claim", &error);
                         return Ok(false);
                     }
@@ -214,6 +253,11 @@ impl<E: Engine> Daemon<E> {
         }
         if dispatch {
             self.push_dispatch();
+        }
+        if self.receiving.claimed_file_by_file(&work, &study) {
+            touched.insert(work.join("receiving"));
+        } else if from_receiving {
+            touched.insert(Receiving::folder(&work, &study));
         }
         touched.insert(dir);
         Ok(true)
@@ -544,8 +588,13 @@ impl<E: Engine> Daemon<E> {
         let Some(record) = self.ledger.instance(instance)? else {
             return Ok(true);
         };
-        let mut dirs = HashSet::from([self.work_dir(job)]);
+        let work = &self.config.paths.work;
+        let mut dirs = HashSet::from([self.work_dir(job), work.clone()]);
         dirs.extend(record.inbox_path.parent().map(Path::to_path_buf));
+        // The file may have come through its study's receiving folder, which
+        // a claim renames or removes once empty.
+        let receiving = [work.join("receiving"), Receiving::folder(work, &record.study_key)];
+        dirs.extend(receiving.into_iter().filter(|folder| folder.is_dir()));
         Ok(self.sync_dirs("claim", &dirs))
     }
 

@@ -10,6 +10,7 @@ pub mod deid_stage;
 pub mod engine;
 mod intake;
 mod jobs;
+mod receiving;
 pub mod system;
 pub mod workers;
 
@@ -102,8 +103,10 @@ pub struct Daemon<E: Engine> {
     settler: crate::ingest::Settler,
     /// Inbox paths to look at again (new, or not settled yet).
     pending: HashSet<PathBuf>,
-    /// Inbox paths already recorded as received.
+    /// Inbox paths already recorded as received (still in the inbox).
     recorded: HashSet<PathBuf>,
+    /// Received instances waiting in `paths.work/receiving/<study>/`.
+    receiving: receiving::Receiving,
     /// Inbox folders holding a `.ready` marker, with the markers.
     ready: HashMap<PathBuf, Vec<PathBuf>>,
     /// Inbox files that could not be read, logged once each.
@@ -218,6 +221,7 @@ impl<E: Engine> Daemon<E> {
             settler: Default::default(),
             pending: HashSet::new(),
             recorded: HashSet::new(),
+            receiving: Default::default(),
             ready: HashMap::new(),
             unreadable: HashSet::new(),
             held: HashSet::new(),
@@ -334,9 +338,12 @@ impl<E: Engine> Daemon<E> {
         wait
     }
 
-    /// Whether nothing is waiting, claimed or in flight (for tests and benchmarks).
+    /// Whether nothing is received, claimed or in flight (for tests and benchmarks).
     pub fn idle(&self) -> Result<bool, DaemonError> {
-        Ok(self.jobs.is_empty() && self.dispatch.is_empty() && self.ledger.unfinished_jobs()?.is_empty())
+        Ok(self.jobs.is_empty()
+            && self.dispatch.is_empty()
+            && self.ledger.unfinished_jobs()?.is_empty()
+            && self.ledger.received()?.is_empty())
     }
 
     pub fn shutdown(&mut self) -> Result<(), DaemonError> {

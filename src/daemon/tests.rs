@@ -184,7 +184,9 @@ fn an_interrupted_claim_resumes_after_restart_without_duplicates() {
         let first = daemon.ledger.instance(ids[0]).unwrap().unwrap();
         let work = config.paths.work.join(crate::ledger::job_name(job));
         std::fs::create_dir_all(&work).unwrap();
-        std::fs::rename(&first.inbox_path, work.join(first.work_name())).unwrap();
+        // Intake moved each file into its study's receiving folder.
+        let received = receiving::Receiving::path(&config.paths.work, &first.study_key, first.id);
+        std::fs::rename(received, work.join(first.work_name())).unwrap();
     }
     let mut daemon = start(&config);
     run_until_idle(&mut daemon, &inbox);
@@ -223,4 +225,51 @@ fn small_outputs_are_written_by_the_deid_worker_and_large_ones_by_the_output_sta
     assert_eq!(written, inputs);
     assert!(written[1].len() >= crate::fsutil::DIRECT_WRITE_MIN);
     assert_eq!(daemon.ledger.jobs_in(JobState::Done).unwrap().len(), 1);
+}
+
+#[test]
+fn received_files_wait_in_their_study_folder_and_survive_a_restart_either_side_of_their_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = layout(dir.path());
+    let (inbox, work) = (config.paths.inbox.clone(), config.paths.work.clone());
+    for n in 0..3 {
+        write_mr(
+            &inbox.join(format!("{n}.dcm")),
+            "1.2.3.500",
+            &format!("1.2.3.500.{n}"),
+            "FAKE^DELTA",
+        );
+    }
+    let study = {
+        let mut recording = config.clone();
+        recording.raw.ingest.stable_age = crate::config::units::HumanDuration(std::time::Duration::from_secs(600));
+        let mut daemon = start(&recording);
+        daemon.step().unwrap();
+        // Taken: recorded, out of the inbox, in the study's receiving folder.
+        assert!(files_under(&inbox).is_empty());
+        let received = daemon.ledger.received().unwrap();
+        assert_eq!(received.len(), 3);
+        for instance in &received {
+            assert!(receiving::Receiving::path(&work, &instance.study_key, instance.id).is_file());
+        }
+        // A crash that lost one move: that file is back in the inbox.
+        let lost = &received[0];
+        std::fs::rename(
+            receiving::Receiving::path(&work, &lost.study_key, lost.id),
+            &lost.inbox_path,
+        )
+        .unwrap();
+        lost.study_key.clone()
+    };
+    // The next process finds the folder an earlier one made, moves the lost
+    // file again, and claims the study file by file.
+    let mut daemon = start(&config);
+    run_until_idle(&mut daemon, &inbox);
+    assert_eq!(files_under(&config.paths.outbox).len(), 3);
+    assert_eq!(files_under(&config.paths.archive).len(), 3);
+    assert!(files_under(&work).is_empty());
+    assert!(!receiving::Receiving::folder(&work, &study).exists());
+    let counts: HashMap<_, _> = daemon.ledger.instance_counts().unwrap().into_iter().collect();
+    assert_eq!(counts[&InstanceState::Written], 3);
+    assert_eq!(counts[&InstanceState::Duplicate], 0);
 }

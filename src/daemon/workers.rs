@@ -238,8 +238,9 @@ pub fn flush_worker(
 /// Syncs the outbox's file system, then the `folders` on other file
 /// systems (the inbox and work folders may be elsewhere) as
 /// `fsutil::sync_dirs` does. A folder gone since is skipped: only a job
-/// folder moves on (its job finished with no outputs, its work folder
-/// archived), and its parent, which is in `folders` too, holds that change.
+/// folder (its job finished with no outputs, its work folder archived) or a
+/// study's receiving folder (claimed: renamed to a work folder) moves on,
+/// and its parent, which is in `folders` too, holds that change.
 pub fn flush(outbox: &Path, held: &mut Option<std::fs::File>, folders: &[PathBuf]) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let outbox_device = sync_outbox(outbox, held)?;

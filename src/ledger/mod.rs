@@ -143,6 +143,12 @@ pub fn job_name(id: i64) -> String {
     format!("job-{id:06}")
 }
 
+/// An instance's file name once it has left the inbox (receiving and work
+/// folders, archive): its ledger id, never a name from the input.
+pub fn work_name(id: i64) -> String {
+    format!("{id:06}.dcm")
+}
+
 /// The id in a job name (`job-000042` or `42`).
 pub fn parse_job_name(name: &str) -> Option<i64> {
     name.strip_prefix("job-").unwrap_or(name).parse().ok()
@@ -185,7 +191,7 @@ impl Instance {
     /// The instance's file name inside its job's work or quarantine folder.
     /// Never the inbox name, which may carry patient values.
     pub fn work_name(&self) -> String {
-        format!("{:06}.dcm", self.id)
+        work_name(self.id)
     }
 }
 
