@@ -94,7 +94,8 @@ impl JobState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InstanceState {
-    /// Settled in the inbox, header read, waiting for its study to complete.
+    /// Settled in the inbox, header read, recorded; then moved to
+    /// `paths.work/receiving/<study>/` to wait for its study to complete.
     Received,
     /// Assigned to a job (its file is in, or moving into, the job's work folder).
     Claimed,
