@@ -49,7 +49,10 @@ pub fn run(config_file: &Path, as_json: bool) -> Result<i32> {
         println!("  {:<13} {n}", state.as_str());
     }
     match oldest {
-        Some((study, since)) => println!("oldest waiting: {study}, {:.0}s since it arrived", (now - since).max(0.0)),
+        Some((study, since)) => println!(
+            "oldest waiting: {study}, {:.0}s since it arrived",
+            (now - since).max(0.0)
+        ),
         None => println!("oldest waiting: none"),
     }
     println!("recent quarantines (requeue with `synthd requeue JOB`):");

@@ -9,7 +9,7 @@ use crate::phi::{keyed_digest, StudyKey};
 use crate::quarantine::{ReasonCode, Rejection, Stage};
 use std::collections::HashSet;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -261,6 +261,13 @@ fn read_no_follow(path: &Path) -> std::io::Result<(Vec<u8>, f64)> {
         return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
     }
     let changed = metadata.ctime() as f64 + metadata.ctime_nsec() as f64 * 1e-9;
+    // Originals hold PHI: 0640 from here on (receiving, work and archive
+    // folders are 0750), whatever mode they arrived with. Through the
+    // descriptor, before the file leaves the inbox; a file another user
+    // owns keeps its mode (the folders still keep others out).
+    if metadata.mode() & 0o7777 != 0o640 {
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o640));
+    }
     let mut bytes = Vec::with_capacity(metadata.len() as usize);
     file.read_to_end(&mut bytes)?;
     Ok((bytes, changed.min(crate::ledger::now())))

@@ -224,7 +224,7 @@ impl<E: Engine> Daemon<E> {
                     }
                 };
                 match moved {
-                    // Its mode becomes 0640 in the deid worker, off this thread.
+                    // Intake made it 0640 when it read it.
                     Ok(()) => true,
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                         // In neither the inbox, its receiving folder nor work: removed by someone else.

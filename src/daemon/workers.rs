@@ -8,7 +8,6 @@ use super::system;
 use crate::fsutil;
 use crate::quarantine::{Rejection, Stage};
 use crossbeam_channel::{Receiver, Sender};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -116,10 +115,6 @@ pub fn deid_worker<E: Engine>(
     outcomes: Sender<Outcome>,
 ) {
     for task in tasks {
-        // Claimed originals hold PHI: 0640 inside the 0750 work folder,
-        // whatever mode they arrived with. Here rather than in the claim,
-        // which renames every file on the coordinator's thread.
-        let _ = std::fs::set_permissions(&task.path, std::fs::Permissions::from_mode(0o640));
         let (job, instance) = (task.job, task.instance);
         let encoded = task
             .engine
