@@ -47,7 +47,11 @@ pub struct CrosswalkEntry {
 /// A de-identified instance and what it is now called.
 #[derive(Debug, Clone)]
 pub struct Deidentified {
-    pub object: DefaultDicomObject,
+    object: DefaultDicomObject,
+    /// The encoding of `object` without Pixel Data, made for the residual
+    /// check and reused by `to_bytes` (private: `object` cannot change
+    /// behind it).
+    encoded_header: Option<Vec<u8>>,
     pub study_uid: String,
     pub series_uid: String,
     pub sop_instance_uid: String,
@@ -66,7 +70,12 @@ impl Deidentified {
             sop_class_uid: string_of(&object, tags::SOP_CLASS_UID).unwrap_or_default(),
             crosswalk: Vec::new(),
             object,
+            encoded_header: None,
         })
+    }
+
+    pub fn object(&self) -> &DefaultDicomObject {
+        &self.object
     }
 
     /// The Part 10 file bytes.
@@ -109,17 +118,17 @@ impl Deidentified {
         if !matches!(pixels.vr(), VR::OB | VR::OW) || self.object.iter().any(|e| e.tag() > tags::PIXEL_DATA) {
             return None;
         }
-        let header = InMemDicomObject::from_element_iter(
-            self.object
-                .iter()
-                .filter(|element| element.tag() != tags::PIXEL_DATA)
-                .cloned(),
-        )
-        .with_exact_meta(self.object.meta().clone());
-        let mut bytes = Vec::with_capacity(data.len() + 16 * 1024);
-        if let Err(error) = header.write_all(&mut bytes) {
-            return Some(Err(DeidError::Encode(error.to_string())));
-        }
+        let mut bytes = match &self.encoded_header {
+            Some(header) => {
+                let mut bytes = Vec::with_capacity(header.len() + 12 + data.len());
+                bytes.extend_from_slice(header);
+                bytes
+            }
+            None => match encode_without_pixels(&self.object, data.len() + 16 * 1024) {
+                Ok(bytes) => bytes,
+                Err(error) => return Some(Err(error)),
+            },
+        };
         bytes.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00]);
         if explicit {
             bytes.extend_from_slice(pixels.vr().to_string().as_bytes());
@@ -136,6 +145,22 @@ impl Deidentified {
             .join(&self.series_uid)
             .join(format!("{}.dcm", self.sop_instance_uid))
     }
+}
+
+/// The Part 10 encoding of everything in `object` but Pixel Data.
+fn encode_without_pixels(object: &DefaultDicomObject, capacity: usize) -> Result<Vec<u8>, DeidError> {
+    let header = InMemDicomObject::from_element_iter(
+        object
+            .iter()
+            .filter(|element| element.tag() != tags::PIXEL_DATA)
+            .cloned(),
+    )
+    .with_exact_meta(object.meta().clone());
+    let mut bytes = Vec::with_capacity(capacity);
+    header
+        .write_all(&mut bytes)
+        .map_err(|error| DeidError::Encode(error.to_string()))?;
+    Ok(bytes)
 }
 
 /// Holds 16-bit native Pixel Data as its little-endian bytes: the encoder
@@ -271,6 +296,16 @@ impl Deidentifier {
             .implementation_version_name(crate::output::implementation_version_name())
             .build()
             .map_err(|e| Rejection::new(ReasonCode::NotDicom, format!("cannot build file meta: {e}")))?;
+        let mut object = object.with_exact_meta(meta);
+        // Encoded before the pixels go back in: the residual check searches
+        // these bytes, and `to_bytes` writes them.
+        let mut encoded_header = Vec::new();
+        object.write_all(&mut encoded_header).map_err(|_| {
+            Rejection::new(
+                ReasonCode::UnsupportedTransferSyntax,
+                "the de-identified instance cannot be encoded in its transfer syntax",
+            )
+        })?;
         if let Some(pixels) = pixels {
             let little_endian = transfer_syntax != super::read::EXPLICIT_VR_BIG_ENDIAN;
             object.put(if little_endian {
@@ -279,9 +314,8 @@ impl Deidentifier {
                 pixels
             });
         }
-        let object = object.with_exact_meta(meta);
 
-        self.residual_check(&original, &object, &walk.kept_identifying)?;
+        self.residual_check(&original, &encoded_header, &object, &walk.kept_identifying)?;
 
         let crosswalk = walk
             .crosswalk
@@ -294,6 +328,7 @@ impl Deidentifier {
             .collect();
         Ok(Deidentified {
             object,
+            encoded_header: Some(encoded_header),
             study_uid,
             series_uid,
             sop_instance_uid,
@@ -424,13 +459,21 @@ impl Deidentifier {
 
     /// Defence in depth: the encoded output must not contain the original's
     /// identifying values, except those an option deliberately keeps.
+    /// `encoded_header` is the output's encoding without Pixel Data.
     fn residual_check(
         &self,
         original: &InMemDicomObject,
+        encoded_header: &[u8],
         output: &DefaultDicomObject,
         kept: &BTreeSet<&'static str>,
     ) -> Result<(), Rejection> {
-        // Everything but Pixel Data, without copying the pixels first.
+        if self.residual_in(original, encoded_header, kept).is_none() {
+            return Ok(());
+        }
+        // Values that name products, not people or places, may equal an
+        // identifying value by chance (Institution Name "TOSHIBA" beside
+        // Manufacturer "TOSHIBA"): a hit is searched again with them left
+        // out. Hits are rare, so most instances are encoded only once.
         let mut header_only = InMemDicomObject::from_element_iter(
             output
                 .iter()
@@ -438,9 +481,6 @@ impl Deidentifier {
                 .cloned(),
         )
         .with_exact_meta(output.meta().clone());
-        // Values that name products, not people or places, may equal an
-        // identifying value by chance (Institution Name "TOSHIBA" beside
-        // Manufacturer "TOSHIBA"); they are left out of the search.
         blank_product_names(&mut header_only);
         let mut bytes = Vec::new();
         if header_only.write_all(&mut bytes).is_err() {
@@ -449,6 +489,20 @@ impl Deidentifier {
                 "the de-identified instance cannot be encoded in its transfer syntax",
             ));
         }
+        match self.residual_in(original, &bytes, kept) {
+            Some(rejection) => Err(rejection),
+            None => Ok(()),
+        }
+    }
+
+    /// The residual check's search of `bytes`: the rejection for the first
+    /// identifying value of the original found in them.
+    fn residual_in(
+        &self,
+        original: &InMemDicomObject,
+        bytes: &[u8],
+        kept: &BTreeSet<&'static str>,
+    ) -> Option<Rejection> {
         let haystack = bytes.to_ascii_uppercase();
         for &(tag, keyword) in IDENTIFYING {
             if kept.contains(keyword) {
@@ -464,9 +518,9 @@ impl Deidentifier {
             let found_part = parts_of(&value)
                 .iter()
                 .filter(|part| part.chars().count() >= 5)
-                .any(|part| contains(&bytes, part.as_bytes()));
+                .any(|part| contains(bytes, part.as_bytes()));
             if found_whole || found_part {
-                return Err(Rejection::new(
+                return Some(Rejection::new(
                     ReasonCode::ResidualPhi,
                     format!("the value of {keyword} of the original still appears in the de-identified output"),
                 ));
@@ -480,8 +534,8 @@ impl Deidentifier {
                 (tags::FRAME_OF_REFERENCE_UID, "FrameOfReferenceUID"),
             ] {
                 if let Some(value) = string_of(original, tag) {
-                    if !uid::is_registered(&value) && contains_uid(&bytes, &value) {
-                        return Err(Rejection::new(
+                    if !uid::is_registered(&value) && contains_uid(bytes, &value) {
+                        return Some(Rejection::new(
                             ReasonCode::ResidualPhi,
                             format!("the original {keyword} still appears in the de-identified output"),
                         ));
@@ -489,7 +543,7 @@ impl Deidentifier {
                 }
             }
         }
-        Ok(())
+        None
     }
 }
 
@@ -997,6 +1051,10 @@ mod tests {
             let mut encoded = Vec::new();
             deidentified.object.write_all(&mut encoded).unwrap();
             assert_eq!(appended, encoded, "{transfer_syntax} {vr}");
+            // Without the header encoded by the residual check, the same bytes.
+            let uncached = super::Deidentified::from_written(deidentified.object.clone()).unwrap();
+            assert!(uncached.encoded_header.is_none());
+            assert_eq!(uncached.to_bytes().unwrap(), encoded, "{transfer_syntax} {vr}");
         }
         // Odd lengths and big endian take the encoder's own path.
         assert!(instance(uids::EXPLICIT_VR_LITTLE_ENDIAN, VR::OB, 63)
@@ -1005,6 +1063,49 @@ mod tests {
         assert!(instance(super::super::read::EXPLICIT_VR_BIG_ENDIAN, VR::OW, 64)
             .to_bytes_with_trailing_pixels()
             .is_none());
+    }
+
+    #[test]
+    fn a_product_name_equal_to_an_identifying_value_is_not_residual_phi() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::{tags, uids};
+        let dir = tempfile::tempdir().unwrap();
+        crate::keyfile::generate(&dir.path().join("k")).unwrap();
+        let key = crate::keyfile::SiteKey::read(&dir.path().join("k")).unwrap();
+        let deidentifier = super::Deidentifier::new(key, &Default::default()).unwrap();
+        let instance = |institution: &str| {
+            dicom_object::InMemDicomObject::from_element_iter([
+                DataElement::new(
+                    tags::SOP_CLASS_UID,
+                    VR::UI,
+                    PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
+                ),
+                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.5")),
+                DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
+                DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.1")),
+                DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("MR")),
+                DataElement::new(tags::MANUFACTURER, VR::LO, PrimitiveValue::from("FAKEVENDOR")),
+                DataElement::new(tags::INSTITUTION_NAME, VR::LO, PrimitiveValue::from(institution)),
+                DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(vec![7u8; 64])),
+            ])
+            .with_meta(dicom_object::FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+            .unwrap()
+        };
+        // The institution shares the vendor's name: the search of the output
+        // finds it in Manufacturer, and the second search, without product
+        // names, clears it.
+        let deidentified = deidentifier.deidentify_object(instance("FAKEVENDOR")).unwrap();
+        let bytes = deidentified.to_bytes().unwrap();
+        assert!(contains(&bytes, b"FAKEVENDOR"));
+        assert!(deidentified
+            .object
+            .get(tags::INSTITUTION_NAME)
+            .is_none_or(|e| e.to_str().unwrap().is_empty()));
+        // An institution nobody else names leaves no trace either way.
+        let other = deidentifier
+            .deidentify_object(instance("FAKE GENERAL HOSPITAL"))
+            .unwrap();
+        assert!(!contains(&other.to_bytes().unwrap(), b"FAKE GENERAL HOSPITAL"));
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn write_study(
         for instance in instances {
             let relative = Path::new(&instance.series_uid).join(format!("{}.dcm", instance.sop_instance_uid));
             if sources == SourceWrites::Write {
-                write_object(&study_dir.join(&relative), &instance.object)?;
+                write_object(&study_dir.join(&relative), instance.object())?;
             }
             report.source_instances += 1;
             entries.push(ManifestEntry {
@@ -117,12 +117,12 @@ pub fn write_study(
         let segs: Vec<&Deidentified> = instances.iter().filter(|i| i.sop_class_uid == SEG_STORAGE).collect();
         let mut series: BTreeMap<&str, Vec<&Deidentified>> = BTreeMap::new();
         for instance in instances.iter().filter(|i| i.sop_class_uid != SEG_STORAGE) {
-            if instance.object.get(tags::PIXEL_DATA).is_some() {
+            if instance.object().get(tags::PIXEL_DATA).is_some() {
                 series.entry(instance.series_uid.as_str()).or_default().push(instance);
             }
         }
         for (series_uid, mut slices) in series {
-            slices.sort_by(|a, b| slice_order(&a.object).total_cmp(&slice_order(&b.object)));
+            slices.sort_by(|a, b| slice_order(a.object()).total_cmp(&slice_order(b.object())));
             match synthesize_series(
                 context,
                 engine,
@@ -171,9 +171,9 @@ fn synthesize_series(
     let mut stored = Vec::with_capacity(slices.len());
     let mut inputs = Vec::with_capacity(slices.len());
     for instance in slices {
-        let format = PixelFormat::of(&instance.object).map_err(|e| skip(e.to_string()))?;
-        let values = pixels::stored_values(&instance.object, &format).map_err(|e| skip(e.to_string()))?;
-        let geometry = geometry_of(&instance.object).ok_or_else(|| {
+        let format = PixelFormat::of(instance.object()).map_err(|e| skip(e.to_string()))?;
+        let values = pixels::stored_values(instance.object(), &format).map_err(|e| skip(e.to_string()))?;
+        let geometry = geometry_of(instance.object()).ok_or_else(|| {
             skip("no Image Position/Orientation (Patient) or Pixel Spacing; masks live in patient space".into())
         })?;
         inputs.push(SliceInput {
@@ -226,7 +226,7 @@ fn synthesize_series(
         let mut previews = Vec::new();
         for (index, output) in result.slices.iter().enumerate() {
             let composed = pixels::compose(&formats[index], &stored[index], &output.values, &output.mask);
-            let instance = synthetic::build_instance(context.key, &slices[index].object, &composed, &provenance)
+            let instance = synthetic::build_instance(context.key, slices[index].object(), &composed, &provenance)
                 .map_err(|e| skip(e.to_string()))?;
             let sop = string_of(&instance, tags::SOP_INSTANCE_UID).unwrap_or_default();
             let synthetic_series = string_of(&instance, tags::SERIES_INSTANCE_UID).unwrap_or_default();
@@ -367,7 +367,7 @@ fn slice_order(object: &DefaultDicomObject) -> f64 {
 /// frame of the chosen segment goes to the slice its derivation references.
 fn seg_masks(segs: &[&Deidentified], slices: &[&Deidentified], label: &str) -> Option<(String, Vec<Vec<u8>>)> {
     for seg in segs {
-        let object = &seg.object;
+        let object = seg.object();
         let segment_number = items_of(object, tags::SEGMENT_SEQUENCE)
             .iter()
             .find(|item| {
@@ -387,7 +387,7 @@ fn seg_masks(segs: &[&Deidentified], slices: &[&Deidentified], label: &str) -> O
                 i.get(tags::REFERENCED_SEGMENT_NUMBER)
                     .and_then(|e| e.to_int::<u16>().ok())
             });
-        let mut masks: Vec<Vec<u8>> = slices.iter().map(|s| vec![0u8; pixel_count(&s.object)]).collect();
+        let mut masks: Vec<Vec<u8>> = slices.iter().map(|s| vec![0u8; pixel_count(s.object())]).collect();
         let mut matched = false;
         for (frame, group) in frames.iter().enumerate() {
             let segment = items_of(group, tags::SEGMENT_IDENTIFICATION_SEQUENCE)
