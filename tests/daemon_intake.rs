@@ -62,6 +62,7 @@ fn three_slowly_copied_studies_are_each_processed_once_after_stable_age() {
     assert!(daemon.stop().success(), "SIGTERM must exit 0");
     let log = layout.log();
     assert_eq!(log.matches("study claimed").count(), 3, "{log}");
+    assert_eq!(log.matches("study written").count(), 3, "{log}");
     assert_eq!(log.matches("study finished").count(), 3, "{log}");
     assert!(log.contains("summary"), "{log}");
     assert_no_phi(&log);

@@ -4,7 +4,7 @@
 
 use super::receiving::Receiving;
 use super::workers::{self, DeidTask, OutcomeKind, WrittenOutput};
-use super::{Daemon, DaemonError, Engine, Progress};
+use super::{Daemon, DaemonError, Engine, Progress, StudyWritten};
 use crate::fsutil;
 use crate::ledger::{self, Instance, InstanceState, Job, JobState};
 use crate::quarantine::{self, ReasonCode, Rejection, Stage};
@@ -438,7 +438,20 @@ impl<E: Engine> Daemon<E> {
     }
 
     /// One line per finished study, once its done state is committed.
+    /// Logs the jobs the round's commit recorded written (outputs durable in
+    /// the outbox), then those it recorded done (originals archived or deleted).
     pub(super) fn log_finished(&mut self) {
+        for written in std::mem::take(&mut self.written) {
+            tracing::info!(
+                target: "daemon",
+                study = %written.study_key,
+                job = %ledger::job_name(written.job),
+                instances = written.instances,
+                quarantined = written.quarantined,
+                duration_ms = written.duration_ms,
+                "study written"
+            );
+        }
         for (job, progress) in std::mem::take(&mut self.finished) {
             tracing::info!(
                 target: "daemon",
@@ -679,6 +692,15 @@ impl<E: Engine> Daemon<E> {
         let finishing = std::mem::take(&mut self.finishing);
         let ids: Vec<i64> = finishing.iter().map(|(job, _)| *job).collect();
         self.ledger.set_jobs_state(&ids, JobState::Written)?;
+        for (job, progress) in &finishing {
+            self.written.push(StudyWritten {
+                job: *job,
+                study_key: progress.study_key.clone(),
+                instances: progress.total,
+                quarantined: progress.quarantined,
+                duration_ms: progress.started.elapsed().as_millis() as u64,
+            });
+        }
         let mut moved = Vec::with_capacity(finishing.len());
         for (job, progress) in finishing {
             // A job left in Written by a fault is finished by `resume_moves`.

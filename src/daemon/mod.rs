@@ -93,6 +93,15 @@ struct Counters {
     duplicates: u64,
 }
 
+/// A job whose outputs are all durable in the outbox, for its log line.
+struct StudyWritten {
+    job: i64,
+    study_key: String,
+    instances: usize,
+    quarantined: usize,
+    duration_ms: u64,
+}
+
 pub struct Daemon<E: Engine> {
     config: Config,
     key: SiteKey,
@@ -129,6 +138,8 @@ pub struct Daemon<E: Engine> {
     unsynced: workers::FlushTask,
     /// Jobs whose originals moved, waiting for a flush to make that durable.
     moving: HashMap<i64, Progress>,
+    /// Jobs recorded written in the open batch, logged once it commits.
+    written: Vec<StudyWritten>,
     /// Jobs recorded done in the open batch, logged once it commits.
     finished: Vec<(i64, Progress)>,
     /// Jobs whose instances were all de-identified this round.
@@ -235,6 +246,7 @@ impl<E: Engine> Daemon<E> {
             finishing: Vec::new(),
             unsynced: Default::default(),
             moving: HashMap::new(),
+            written: Vec::new(),
             finished: Vec::new(),
             deidentified_jobs: Vec::new(),
             next_claim_due: None,
