@@ -33,6 +33,18 @@ pub(crate) fn write_mr(path: &Path, study: &str, sop: &str, patient: &str) {
     write_mr_with_pixels(path, study, sop, patient, 32);
 }
 
+/// `count` instances of one study, `0.dcm`, `1.dcm`, ... in `folder`.
+fn write_study(folder: &Path, study: &str, count: usize, patient: &str) {
+    for n in 0..count {
+        write_mr(
+            &folder.join(format!("{n}.dcm")),
+            study,
+            &format!("{study}.{n}"),
+            patient,
+        );
+    }
+}
+
 fn write_mr_with_pixels(path: &Path, study: &str, sop: &str, patient: &str, pixel_bytes: usize) {
     let object = InMemDicomObject::from_element_iter([
         DataElement::new(
@@ -162,14 +174,7 @@ fn an_interrupted_claim_resumes_after_restart_without_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let config = layout(dir.path());
     let inbox = config.paths.inbox.clone();
-    for n in 0..3 {
-        write_mr(
-            &inbox.join(format!("{n}.dcm")),
-            "1.2.3.300",
-            &format!("1.2.3.300.{n}"),
-            "FAKE^BETA",
-        );
-    }
+    write_study(&inbox, "1.2.3.300", 3, "FAKE^BETA");
     {
         // A stable_age no slow start can outlast, so that this turn records
         // the instances without claiming them.
@@ -232,14 +237,7 @@ fn received_files_wait_in_their_study_folder_and_survive_a_restart_either_side_o
     let dir = tempfile::tempdir().unwrap();
     let config = layout(dir.path());
     let (inbox, work) = (config.paths.inbox.clone(), config.paths.work.clone());
-    for n in 0..3 {
-        write_mr(
-            &inbox.join(format!("{n}.dcm")),
-            "1.2.3.500",
-            &format!("1.2.3.500.{n}"),
-            "FAKE^DELTA",
-        );
-    }
+    write_study(&inbox, "1.2.3.500", 3, "FAKE^DELTA");
     let study = {
         let mut recording = config.clone();
         recording.raw.ingest.stable_age = crate::config::units::HumanDuration(std::time::Duration::from_secs(600));

@@ -1011,32 +1011,53 @@ fn truncate(text: &str, max: usize) -> String {
 mod tests {
     use super::contains;
 
-    #[test]
-    fn trailing_pixels_are_appended_exactly_as_the_encoder_writes_them() {
-        use dicom_core::{DataElement, PrimitiveValue, VR};
-        use dicom_dictionary_std::{tags, uids};
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::mem::InMemElement;
+
+    /// A deidentifier with the default profile under a fresh key.
+    fn deidentifier() -> super::Deidentifier {
         let dir = tempfile::tempdir().unwrap();
         crate::keyfile::generate(&dir.path().join("k")).unwrap();
         let key = crate::keyfile::SiteKey::read(&dir.path().join("k")).unwrap();
-        let deidentifier = super::Deidentifier::new(key, &Default::default()).unwrap();
+        super::Deidentifier::new(key, &Default::default()).unwrap()
+    }
+
+    /// A minimal MR instance with fake UIDs, `extra` elements and Pixel Data last.
+    fn mr(
+        transfer_syntax: &str,
+        extra: impl IntoIterator<Item = InMemElement>,
+        pixels: InMemElement,
+    ) -> dicom_object::DefaultDicomObject {
+        let mut object = dicom_object::InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
+            ),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.5")),
+            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
+            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.1")),
+            DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("MR")),
+            pixels,
+        ]);
+        for element in extra {
+            object.put(element);
+        }
+        object
+            .with_meta(dicom_object::FileMetaTableBuilder::new().transfer_syntax(transfer_syntax))
+            .unwrap()
+    }
+
+    #[test]
+    fn trailing_pixels_are_appended_exactly_as_the_encoder_writes_them() {
+        let deidentifier = deidentifier();
         let instance = |transfer_syntax: &str, vr: VR, pixels: usize| {
-            let object = dicom_object::InMemDicomObject::from_element_iter([
-                DataElement::new(
-                    tags::SOP_CLASS_UID,
-                    VR::UI,
-                    PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
-                ),
-                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.5")),
-                DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
-                DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.1")),
-                DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("MR")),
-                DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("FAKE^ENCODE")),
-                DataElement::new(tags::PIXEL_DATA, vr, PrimitiveValue::from(vec![7u8; pixels])),
-            ]);
-            let file = object
-                .with_meta(dicom_object::FileMetaTableBuilder::new().transfer_syntax(transfer_syntax))
-                .unwrap();
-            deidentifier.deidentify_object(file).unwrap()
+            let name = DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("FAKE^ENCODE"));
+            let pixels = DataElement::new(tags::PIXEL_DATA, vr, PrimitiveValue::from(vec![7u8; pixels]));
+            deidentifier
+                .deidentify_object(mr(transfer_syntax, [name], pixels))
+                .unwrap()
         };
         for (transfer_syntax, vr) in [
             (uids::EXPLICIT_VR_LITTLE_ENDIAN, VR::OW),
@@ -1067,29 +1088,14 @@ mod tests {
 
     #[test]
     fn a_product_name_equal_to_an_identifying_value_is_not_residual_phi() {
-        use dicom_core::{DataElement, PrimitiveValue, VR};
-        use dicom_dictionary_std::{tags, uids};
-        let dir = tempfile::tempdir().unwrap();
-        crate::keyfile::generate(&dir.path().join("k")).unwrap();
-        let key = crate::keyfile::SiteKey::read(&dir.path().join("k")).unwrap();
-        let deidentifier = super::Deidentifier::new(key, &Default::default()).unwrap();
+        let deidentifier = deidentifier();
         let instance = |institution: &str| {
-            dicom_object::InMemDicomObject::from_element_iter([
-                DataElement::new(
-                    tags::SOP_CLASS_UID,
-                    VR::UI,
-                    PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
-                ),
-                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.5")),
-                DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
-                DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.1")),
-                DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("MR")),
+            let extra = [
                 DataElement::new(tags::MANUFACTURER, VR::LO, PrimitiveValue::from("FAKEVENDOR")),
                 DataElement::new(tags::INSTITUTION_NAME, VR::LO, PrimitiveValue::from(institution)),
-                DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(vec![7u8; 64])),
-            ])
-            .with_meta(dicom_object::FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
-            .unwrap()
+            ];
+            let pixels = DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(vec![7u8; 64]));
+            mr(uids::EXPLICIT_VR_LITTLE_ENDIAN, extra, pixels)
         };
         // The institution shares the vendor's name: the search of the output
         // finds it in Manufacturer, and the second search, without product
