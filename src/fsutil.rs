@@ -9,11 +9,25 @@ use std::path::Path;
 
 /// Creates `dir` and its missing parents with mode 0750 (they may hold PHI).
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
+    make_private_dir(dir).map(drop)
+}
+
+/// [`create_private_dir`], saying whether it made `dir` (false: a folder
+/// was there already, left as it is).
+pub fn make_private_dir(dir: &Path) -> io::Result<bool> {
+    // Most calls make one new folder in an existing one: a single mkdir,
+    // and a chmod only when the umask took bits 0750 needs.
+    match fs::DirBuilder::new().mode(0o750).create(dir) {
+        Ok(()) if !umask_narrows(0o750) => return Ok(true),
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(false),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
+        }
+        Err(error) => return Err(error),
     }
-    fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o750))
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o750))?;
+    Ok(true)
 }
 
 /// fsyncs a folder so that renames and creations inside it are durable.

@@ -50,20 +50,12 @@ impl Receiving {
         if self.made_here.contains_key(study) || self.file_by_file.contains(study) {
             return Ok(());
         }
-        let folder = Self::folder(work, study);
-        crate::fsutil::create_private_dir(folder.parent().unwrap_or(work))?;
-        use std::os::unix::fs::DirBuilderExt;
-        match std::fs::DirBuilder::new().mode(0o750).create(&folder) {
-            Ok(()) => {
-                self.made_here.insert(study.to_string(), HashSet::new());
-                Ok(())
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                self.file_by_file.insert(study.to_string());
-                Ok(())
-            }
-            Err(error) => Err(error),
+        if crate::fsutil::make_private_dir(&Self::folder(work, study))? {
+            self.made_here.insert(study.to_string(), HashSet::new());
+        } else {
+            self.file_by_file.insert(study.to_string());
         }
+        Ok(())
     }
 
     pub fn moved(&mut self, study: &str, id: i64) {
