@@ -24,6 +24,7 @@ impl<E: Engine> Daemon<E> {
     /// the files are taken again at the next start.
     pub(super) fn intake(&mut self) -> Result<(), DaemonError> {
         if self.pending.is_empty() {
+            self.stage_received();
             return Ok(());
         }
         self.ledger.begin_batch()?;

@@ -268,7 +268,17 @@ impl<E: Engine> Daemon<E> {
             },
         };
         for instance in daemon.ledger.received()? {
-            daemon.recorded.insert(instance.inbox_path);
+            let work = &daemon.config.paths.work;
+            if !receiving::Receiving::path(work, &instance.study_key, instance.id).exists() {
+                // Recorded, but its move out of the inbox was lost or never
+                // made: made at the first intake round, without reading it again.
+                daemon.receiving.to_stage.push(receiving::ToStage {
+                    id: instance.id,
+                    study: instance.study_key,
+                    inbox_path: instance.inbox_path.clone(),
+                });
+                daemon.recorded.insert(instance.inbox_path);
+            }
         }
         sweep_stale_temporaries(&daemon.config.paths.outbox);
         daemon.resume()?;

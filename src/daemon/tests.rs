@@ -259,8 +259,18 @@ fn received_files_wait_in_their_study_folder_and_survive_a_restart_either_side_o
         .unwrap();
         lost.study_key.clone()
     };
-    // The next process finds the folder an earlier one made, moves the lost
-    // file again, and claims the study file by file.
+    // The next process moves the lost file again, into the folder an earlier
+    // one made, without reading it as a new arrival...
+    {
+        let mut recording = config.clone();
+        recording.raw.ingest.stable_age = crate::config::units::HumanDuration(std::time::Duration::from_secs(600));
+        let mut daemon = start(&recording);
+        daemon.step().unwrap();
+        assert!(files_under(&inbox).is_empty());
+        assert_eq!(files_under(&receiving::Receiving::folder(&work, &study)).len(), 3);
+        assert_eq!(daemon.ledger.received().unwrap().len(), 3);
+    }
+    // ...and the study is claimed file by file.
     let mut daemon = start(&config);
     run_until_idle(&mut daemon, &inbox);
     assert_eq!(files_under(&config.paths.outbox).len(), 3);
