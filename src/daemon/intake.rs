@@ -47,7 +47,7 @@ impl<E: Engine> Daemon<E> {
             return;
         }
         let work = self.config.paths.work.clone();
-        let mut touched: HashSet<PathBuf> = HashSet::from([work.join("receiving")]);
+        let mut touched: HashSet<PathBuf> = HashSet::from([Receiving::root(&work)]);
         for item in to_stage {
             let moved = self
                 .receiving

@@ -190,13 +190,10 @@ impl<E: Engine> Daemon<E> {
             }
             self.receiving.claimed_whole(&study);
             for instance in instances {
-                self.enqueue(instance);
-                if self.dispatch.len() >= 16 {
-                    self.push_dispatch();
-                }
+                self.enqueue_and_push(instance);
             }
             self.push_dispatch();
-            touched.insert(work.join("receiving"));
+            touched.insert(Receiving::root(&work));
             touched.insert(dir);
             return Ok(true);
         }
@@ -245,17 +242,14 @@ impl<E: Engine> Daemon<E> {
                 }
             };
             if dispatch && in_place {
-                self.enqueue(instance);
-                if self.dispatch.len() >= 16 {
-                    self.push_dispatch();
-                }
+                self.enqueue_and_push(instance);
             }
         }
         if dispatch {
             self.push_dispatch();
         }
         if self.receiving.claimed_file_by_file(&work, &study) {
-            touched.insert(work.join("receiving"));
+            touched.insert(Receiving::root(&work));
         } else if from_receiving {
             touched.insert(Receiving::folder(&work, &study));
         }
@@ -315,6 +309,15 @@ impl<E: Engine> Daemon<E> {
             pipeline: instance.pipeline.clone().unwrap_or_default(),
             engine: self.engine.clone(),
         });
+    }
+
+    /// Queues a file in place in its work folder and hands the queue to the
+    /// deid workers every 16, so they start while a claim is still moving files.
+    fn enqueue_and_push(&mut self, instance: &Instance) {
+        self.enqueue(instance);
+        if self.dispatch.len() >= 16 {
+            self.push_dispatch();
+        }
     }
 
     pub(super) fn requeue_task(&mut self, _job: i64, instance: i64) -> Result<(), DaemonError> {
@@ -606,7 +609,7 @@ impl<E: Engine> Daemon<E> {
         dirs.extend(record.inbox_path.parent().map(Path::to_path_buf));
         // The file may have come through its study's receiving folder, which
         // a claim renames or removes once empty.
-        let receiving = [work.join("receiving"), Receiving::folder(work, &record.study_key)];
+        let receiving = [Receiving::root(work), Receiving::folder(work, &record.study_key)];
         dirs.extend(receiving.into_iter().filter(|folder| folder.is_dir()));
         Ok(self.sync_dirs("claim", &dirs))
     }

@@ -37,8 +37,13 @@ pub(super) struct Receiving {
 }
 
 impl Receiving {
+    /// `paths.work/receiving`, which holds every study's folder.
+    pub fn root(work: &Path) -> PathBuf {
+        work.join("receiving")
+    }
+
     pub fn folder(work: &Path, study: &str) -> PathBuf {
-        work.join("receiving").join(study)
+        Self::root(work).join(study)
     }
 
     pub fn path(work: &Path, study: &str, id: i64) -> PathBuf {

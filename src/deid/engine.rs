@@ -147,15 +147,20 @@ impl Deidentified {
     }
 }
 
-/// The Part 10 encoding of everything in `object` but Pixel Data.
-fn encode_without_pixels(object: &DefaultDicomObject, capacity: usize) -> Result<Vec<u8>, DeidError> {
-    let header = InMemDicomObject::from_element_iter(
+/// Everything in `object` but Pixel Data, with its file meta.
+fn without_pixels(object: &DefaultDicomObject) -> DefaultDicomObject {
+    InMemDicomObject::from_element_iter(
         object
             .iter()
             .filter(|element| element.tag() != tags::PIXEL_DATA)
             .cloned(),
     )
-    .with_exact_meta(object.meta().clone());
+    .with_exact_meta(object.meta().clone())
+}
+
+/// The Part 10 encoding of everything in `object` but Pixel Data.
+fn encode_without_pixels(object: &DefaultDicomObject, capacity: usize) -> Result<Vec<u8>, DeidError> {
+    let header = without_pixels(object);
     let mut bytes = Vec::with_capacity(capacity);
     header
         .write_all(&mut bytes)
@@ -474,13 +479,7 @@ impl Deidentifier {
         // identifying value by chance (Institution Name "TOSHIBA" beside
         // Manufacturer "TOSHIBA"): a hit is searched again with them left
         // out. Hits are rare, so most instances are encoded only once.
-        let mut header_only = InMemDicomObject::from_element_iter(
-            output
-                .iter()
-                .filter(|element| element.tag() != tags::PIXEL_DATA)
-                .cloned(),
-        )
-        .with_exact_meta(output.meta().clone());
+        let mut header_only = without_pixels(output);
         blank_product_names(&mut header_only);
         let mut bytes = Vec::new();
         if header_only.write_all(&mut bytes).is_err() {
