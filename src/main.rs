@@ -92,6 +92,9 @@ enum Command {
         /// The daemon config, for its key file and runtime settings.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where inputs that cannot be handled go, outside OUTPUT [default: OUTPUT-quarantine beside OUTPUT].
+        #[arg(long)]
+        quarantine: Option<PathBuf>,
     },
     /// Write a fresh site key (32 random bytes, mode 0600) to FILE; never overwrites.
     Keygen { file: PathBuf },
@@ -236,12 +239,14 @@ fn main() -> ExitCode {
             output,
             key_file,
             config,
+            quarantine,
         } => commands::process::run(commands::process::ProcessArgs {
             pipeline,
             input,
             output,
             key_file,
             config,
+            quarantine,
         }),
         Command::Run { config, allow_root } => commands::run::run(&config::config_path(config.as_deref()), allow_root),
         Command::Status { config, json } => commands::status::run(&config::config_path(config.as_deref()), json),

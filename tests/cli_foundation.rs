@@ -84,6 +84,28 @@ fn validate_reports_unknown_key_with_file_line_and_key() {
 }
 
 #[test]
+fn validate_refuses_a_quarantine_inside_the_outbox() {
+    let (_dir, config) = init_layout();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let line = |key: &str| text.lines().find(|l| l.starts_with(key)).unwrap().to_string();
+    let outbox = line("outbox = ");
+    let inside = outbox
+        .replacen("outbox = ", "quarantine = ", 1)
+        .replace("outbox\"", "outbox/held\"");
+    edit(&config, &line("quarantine = "), &inside);
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    let number = text.lines().position(|l| l.starts_with("quarantine = ")).unwrap() + 1;
+    let first = stderr(&output).lines().next().unwrap().to_string();
+    assert_eq!(
+        first,
+        format!(
+            "{config}:{number}:14: `paths.quarantine`: lies inside paths.outbox, which gets shared, and quarantined originals keep their identifiers; choose a folder outside it"
+        )
+    );
+}
+
+#[test]
 fn validate_reports_wrong_type() {
     let (_dir, config) = init_layout();
     edit(&config, "queue_depth = 64", "queue_depth = \"many\"");

@@ -142,6 +142,8 @@ impl Budget {
 struct Shared<'a> {
     key: &'a SiteKey,
     quarantine_dir: &'a Path,
+    /// The input arguments, which quarantine entries name inputs relative to.
+    roots: &'a [PathBuf],
     claims: &'a Claims,
 }
 
@@ -200,10 +202,17 @@ pub fn run(args: DeidArgs) -> Result<i32> {
     // any writeback error since.
     let output_sync =
         std::fs::File::open(&args.output).with_context(|| format!("deid: cannot open {}", args.output.display()))?;
-    let quarantine_dir = args.quarantine.clone().unwrap_or_else(|| {
-        args.output
-            .with_file_name(format!("{}-quarantine", file_name(&args.output)))
-    });
+    let quarantine_dir = args
+        .quarantine
+        .clone()
+        .unwrap_or_else(|| quarantine::beside(&args.output));
+    if quarantine::is_within(&quarantine_dir, &args.output) {
+        bail!(
+            "deid: the quarantine {} lies inside the output {}; choose a --quarantine folder outside it",
+            quarantine_dir.display(),
+            args.output.display()
+        );
+    }
 
     let jobs = args
         .jobs
@@ -222,6 +231,7 @@ pub fn run(args: DeidArgs) -> Result<i32> {
     let context = Shared {
         key: &key,
         quarantine_dir: &quarantine_dir,
+        roots: &args.inputs,
         claims: &claims,
     };
     let (tallies, early_sync): (Vec<Tally>, std::io::Result<()>) = std::thread::scope(|scope| {
@@ -393,12 +403,6 @@ fn key_file(args: &DeidArgs) -> Option<PathBuf> {
         .map(|config| config.key_file)
 }
 
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".to_string())
-}
-
 fn collect(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let metadata = std::fs::symlink_metadata(path)?;
     if metadata.is_dir() {
@@ -425,13 +429,13 @@ fn prepare(deidentifier: &Deidentifier, path: &Path, output: &Path, context: &Sh
     };
     let deidentified = match result {
         Ok(deidentified) => deidentified,
-        Err(rejection) => return quarantine(context.key, path, context.quarantine_dir, &rejection).map(Prepared::Done),
+        Err(rejection) => return quarantine(context, path, &rejection).map(Prepared::Done),
     };
     let bytes = match deidentified.to_bytes() {
         Ok(bytes) => bytes,
         Err(error) => {
             let rejection = Rejection::new(ReasonCode::UnsupportedTransferSyntax, error.to_string());
-            return quarantine(context.key, path, context.quarantine_dir, &rejection).map(Prepared::Done);
+            return quarantine(context, path, &rejection).map(Prepared::Done);
         }
     };
     Ok(Prepared::Write(Pending {
@@ -456,7 +460,7 @@ fn write(pending: Pending, context: &Shared) -> Result<Outcome> {
         bytes,
         crosswalk,
     } = pending;
-    let (key, quarantine_dir, claims) = (context.key, context.quarantine_dir, context.claims);
+    let claims = context.claims;
     let _writing = claims
         .stripe(&target)
         .lock()
@@ -483,7 +487,7 @@ fn write(pending: Pending, context: &Shared) -> Result<Outcome> {
                 return Ok(Outcome::Duplicate);
             }
             if other_input < path {
-                return quarantine(key, &path, quarantine_dir, &conflict());
+                return quarantine(context, &path, &conflict());
             }
             Some(other_input)
         }
@@ -507,7 +511,7 @@ fn write(pending: Pending, context: &Shared) -> Result<Outcome> {
     let displaced = match loser {
         Some(replaced) => {
             let rejection = conflict();
-            quarantine(key, &replaced, quarantine_dir, &rejection)?;
+            quarantine(context, &replaced, &rejection)?;
             Some(rejection.code)
         }
         None => None,
@@ -515,10 +519,12 @@ fn write(pending: Pending, context: &Shared) -> Result<Outcome> {
     Ok(Outcome::Written { crosswalk, displaced })
 }
 
-fn quarantine(key: &SiteKey, path: &Path, quarantine_dir: &Path, rejection: &Rejection) -> Result<Outcome> {
+fn quarantine(context: &Shared, path: &Path, rejection: &Rejection) -> Result<Outcome> {
+    let quarantine_dir = context.quarantine_dir;
     quarantine::quarantine_copy(
-        key,
+        context.key,
         path,
+        &quarantine::InputRecord::relative_to(path, context.roots),
         quarantine_dir,
         rejection,
         Stage::Deid,
@@ -601,6 +607,7 @@ mod tests {
         let context = Shared {
             key: &key,
             quarantine_dir: &quarantine_dir,
+            roots: &[],
             claims: &claims,
         };
         let process = |path: &Path| match prepare(&deidentifier, path, &output, &context).unwrap() {

@@ -9,7 +9,7 @@ use crate::fsutil;
 use crate::keyfile::SiteKey;
 use crate::output::study::{write_study, SourceWrites, StudyContext, StudyReport};
 use crate::phi::StudyKey;
-use crate::quarantine::{self, Stage};
+use crate::quarantine::{self, InputRecord, ReasonCode, Rejection, Stage};
 use crate::runtime;
 use crate::synth::{Engine, EngineOptions};
 use anyhow::{bail, Context, Result};
@@ -24,6 +24,8 @@ pub struct ProcessArgs {
     pub output: PathBuf,
     pub key_file: Option<PathBuf>,
     pub config: Option<PathBuf>,
+    /// Where inputs that cannot be handled go [default: OUTPUT-quarantine].
+    pub quarantine: Option<PathBuf>,
 }
 
 pub fn run(args: ProcessArgs) -> Result<i32> {
@@ -48,9 +50,35 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         .context("process: key file")?;
     let deidentifier =
         Deidentifier::new(key.clone(), &pipeline.pipeline.deid).context("process: de-identification profile")?;
+    // Quarantined originals keep their identifiers: never under the output,
+    // which is what gets shared.
+    let quarantine_dir = args
+        .quarantine
+        .clone()
+        .unwrap_or_else(|| quarantine::beside(&args.output));
+    if quarantine::is_within(&quarantine_dir, &args.output) {
+        bail!(
+            "process: the quarantine {} lies inside the output {}; choose a --quarantine folder outside it",
+            quarantine_dir.display(),
+            args.output.display()
+        );
+    }
     let state_dir = args.output.join(".synthd");
     fsutil::create_private_dir(&state_dir)
         .with_context(|| format!("process: cannot create {}", state_dir.display()))?;
+    let moved = quarantine::move_out_of_output(&args.output, &quarantine_dir).with_context(|| {
+        format!(
+            "process: cannot move {}/quarantine out of the output",
+            args.output.display()
+        )
+    })?;
+    if moved > 0 {
+        eprintln!(
+            "process: moved {moved} quarantine entr{} left by an earlier version from the output into {}",
+            if moved == 1 { "y" } else { "ies" },
+            quarantine_dir.display()
+        );
+    }
 
     let engine = match (&pipeline.pipeline.synth, pipeline.model_path()) {
         (Some(synth), Some(model)) => {
@@ -79,10 +107,15 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
     if files.is_empty() {
         bail!("process: no input files under {}", args.input.display());
     }
-    let quarantine_dir = args.output.join("quarantine");
+    let roots = [args.input.clone()];
+    let refuse = |path: &Path, rejection: &Rejection, reasons: &mut BTreeMap<ReasonCode, usize>| {
+        let relative = InputRecord::relative_to(path, &roots);
+        *reasons.entry(rejection.code).or_default() += 1;
+        quarantine_file(&key, path, &relative, &quarantine_dir, rejection)
+    };
     let mut studies: BTreeMap<StudyKey, Vec<PathBuf>> = BTreeMap::new();
     let mut not_selected = 0usize;
-    let mut quarantined = 0usize;
+    let mut reasons: BTreeMap<ReasonCode, usize> = BTreeMap::new();
     for file in &files {
         match deid::read_header(file) {
             Ok(header) => {
@@ -95,10 +128,7 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
                     not_selected += 1;
                 }
             }
-            Err(rejection) => {
-                quarantine_file(&key, file, &quarantine_dir, &rejection)?;
-                quarantined += 1;
-            }
+            Err(rejection) => refuse(file, &rejection, &mut reasons)?,
         }
     }
 
@@ -120,10 +150,7 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         for path in paths {
             match deidentifier.deidentify_file(path) {
                 Ok(instance) => instances.push(instance),
-                Err(rejection) => {
-                    quarantine_file(&key, path, &quarantine_dir, &rejection)?;
-                    quarantined += 1;
-                }
+                Err(rejection) => refuse(path, &rejection, &mut reasons)?,
             }
         }
         let context = StudyContext {
@@ -157,6 +184,7 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         "  instances   {} synthetic, {} de-identified source, {} SEG, {} preview(s)",
         totals.synthetic_instances, totals.source_instances, totals.seg_instances, totals.previews
     );
+    let quarantined: usize = reasons.values().sum();
     println!("  skipped     {not_selected} not selected by the pipeline, {quarantined} quarantined");
     println!("  written to  {}", args.output.display());
     match &engine {
@@ -167,7 +195,18 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         "  time        {elapsed:.1} s (synthesis {:.1} s, of which ONNX Runtime {:.1} s)",
         totals.synth_seconds, totals.ort_seconds
     );
-    Ok(if quarantined > 0 { 1 } else { 0 })
+    if quarantined > 0 {
+        let by_reason: Vec<String> = reasons.iter().map(|(code, n)| format!("{code}: {n}")).collect();
+        let line = format!(
+            "quarantined {quarantined} input(s) ({}) in {}; each folder's reason.json names the input",
+            by_reason.join(", "),
+            quarantine_dir.display()
+        );
+        println!("  {line}");
+        eprintln!("process: {line}");
+        return Ok(1);
+    }
+    Ok(0)
 }
 
 fn add(totals: &mut StudyReport, report: &StudyReport) {
@@ -211,12 +250,14 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
 fn quarantine_file(
     key: &SiteKey,
     path: &Path,
+    relative: &Path,
     quarantine_dir: &Path,
-    rejection: &crate::quarantine::Rejection,
+    rejection: &Rejection,
 ) -> Result<()> {
     quarantine::quarantine_copy(
         key,
         path,
+        relative,
         quarantine_dir,
         rejection,
         Stage::Deid,

@@ -329,6 +329,14 @@ impl Config {
                 ));
             }
         }
+        if crate::quarantine::is_within(&paths.quarantine, &paths.outbox) {
+            problems.push(Diagnostic::at_span(
+                file,
+                source,
+                raw.paths.quarantine.span(),
+                "lies inside paths.outbox, which gets shared, and quarantined originals keep their identifiers; choose a folder outside it",
+            ));
+        }
         let key_file = resolve(&raw.deid.key_file);
         if let Err(message) = crate::keyfile::check_permissions(&key_file) {
             problems.push(Diagnostic::at_span(file, source, raw.deid.key_file.span(), message));
