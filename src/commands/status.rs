@@ -1,72 +1,146 @@
 //! `synthd status [--json]`: what the ledger says, safe while the daemon runs
-//! (SQLite WAL lets readers and the writer work at once).
+//! (SQLite WAL lets readers and the writer work at once), and whether a
+//! daemon holds the ledger.
+//!
+//! `--json` always prints one JSON object, also before the daemon's first
+//! run (`"ledger": null`) and for a config that does not load (`"error"`,
+//! exit 1), so monitoring scripts never have to parse prose. [`snapshot`] is
+//! the same object for other readers (a metrics endpoint).
 
 use crate::config::Config;
-use crate::ledger::{Ledger, LEDGER_FILE};
+use crate::ledger::{lock, Ledger, LEDGER_FILE};
 use anyhow::{Context, Result};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use std::path::Path;
 
+/// How many recent quarantines the status shows.
+const RECENT: u32 = 10;
+
 pub fn run(config_file: &Path, as_json: bool) -> Result<i32> {
-    let config = Config::load(config_file)
+    let loaded = Config::load(config_file)
         .map_err(|problems| anyhow::anyhow!("{problems}"))
-        .with_context(|| format!("status: invalid config {}", config_file.display()))?;
-    if !config.paths.state.join(LEDGER_FILE).is_file() {
-        println!(
-            "no job ledger in {} yet: the daemon has not run with this config",
-            config.paths.state.display()
-        );
-        return Ok(0);
+        .with_context(|| format!("status: invalid config {}", config_file.display()));
+    let status = loaded.and_then(|config| snapshot(&config));
+    match (status, as_json) {
+        (Ok(status), true) => {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(0)
+        }
+        (Ok(status), false) => {
+            print_text(&status);
+            Ok(0)
+        }
+        (Err(error), true) => {
+            let value = json!({
+                "config": config_file,
+                "ledger": null,
+                "daemon": null,
+                "error": format!("{error:#}"),
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(1)
+        }
+        (Err(error), false) => Err(error),
     }
-    let ledger = Ledger::open_existing(&config.paths.state).context("status")?;
+}
+
+/// The status as one JSON object: `config`, `ledger` (its path, or null
+/// before the daemon's first run), `daemon` (`running`, `pid`), `jobs` and
+/// `instances` (counts by state, every state present), `oldest_waiting`,
+/// `recent_quarantines`.
+pub fn snapshot(config: &Config) -> Result<Value> {
+    let state = &config.paths.state;
+    let holder = lock::holder(state).with_context(|| format!("status: cannot check {}", state.display()))?;
+    let daemon = json!({
+        "running": holder.is_some(),
+        "pid": holder.and_then(|h| h.pid),
+    });
+    let ledger_path = state.join(LEDGER_FILE);
+    let ledger = match ledger_path.is_file() {
+        true => Some(Ledger::open_existing(state).context("status")?),
+        false => None,
+    };
+    let ledger = match ledger {
+        Some(ledger) if ledger.has_schema().context("status")? => ledger,
+        _ => {
+            return Ok(json!({
+                "config": config.file,
+                "ledger": null,
+                "daemon": daemon,
+                "jobs": zero_counts(crate::ledger::JobState::ALL.map(|s| s.as_str())),
+                "instances": zero_counts(crate::ledger::InstanceState::ALL.map(|s| s.as_str())),
+                "oldest_waiting": null,
+                "recent_quarantines": [],
+            }))
+        }
+    };
     let jobs = ledger.job_counts().context("status")?;
     let instances = ledger.instance_counts().context("status")?;
     let oldest = ledger.oldest_waiting().context("status")?;
     let now = crate::ledger::now();
-    let recent = ledger.recent_quarantines(10).context("status")?;
-    if as_json {
-        let value = json!({
-            "jobs": jobs.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-            "instances": instances.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-            "oldest_waiting": oldest.as_ref().map(|(study, since)| json!({"study": study, "waiting_s": (now - since).max(0.0)})),
-            "recent_quarantines": recent.iter().map(|job| json!({
-                "job": job.name(),
-                "study": job.study_key,
-                "code": job.reason_code,
-                "message": job.reason_message,
-                "state": job.state.as_str(),
-            })).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(0);
+    let recent = ledger.recent_quarantines(RECENT).context("status")?;
+    Ok(json!({
+        "config": config.file,
+        "ledger": ledger_path,
+        "daemon": daemon,
+        "jobs": jobs.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect::<Map<_, _>>(),
+        "instances": instances.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect::<Map<_, _>>(),
+        "oldest_waiting": oldest.as_ref().map(|(study, since)| json!({"study": study, "waiting_s": (now - since).max(0.0)})),
+        "recent_quarantines": recent.iter().map(|job| json!({
+            "job": job.name(),
+            "study": job.study_key,
+            "code": job.reason_code,
+            "message": job.reason_message,
+            "state": job.state.as_str(),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn zero_counts<const N: usize>(states: [&str; N]) -> Map<String, Value> {
+    states.into_iter().map(|s| (s.to_string(), json!(0))).collect()
+}
+
+fn print_text(status: &Value) {
+    match (status["daemon"]["running"].as_bool(), status["daemon"]["pid"].as_u64()) {
+        (Some(true), Some(pid)) => println!("daemon: running (pid {pid})"),
+        (Some(true), None) => println!("daemon: running"),
+        _ => println!("daemon: not running"),
     }
-    println!("jobs:");
-    for (state, n) in &jobs {
-        println!("  {:<13} {n}", state.as_str());
+    if status["ledger"].is_null() {
+        println!(
+            "no job ledger yet: the daemon has not run with {}",
+            status["config"].as_str().unwrap_or("this config")
+        );
+        return;
     }
-    println!("instances:");
-    for (state, n) in &instances {
-        println!("  {:<13} {n}", state.as_str());
+    let job_states = crate::ledger::JobState::ALL.map(|s| s.as_str());
+    let instance_states = crate::ledger::InstanceState::ALL.map(|s| s.as_str());
+    for (table, states) in [("jobs", &job_states[..]), ("instances", &instance_states[..])] {
+        println!("{table}:");
+        for state in states {
+            println!("  {state:<13} {}", status[table][*state].as_u64().unwrap_or(0));
+        }
     }
-    match oldest {
-        Some((study, since)) => println!(
-            "oldest waiting: {study}, {:.0}s since it arrived",
-            (now - since).max(0.0)
+    match status["oldest_waiting"].as_object() {
+        Some(oldest) => println!(
+            "oldest waiting: {}, {:.0}s since it arrived",
+            oldest["study"].as_str().unwrap_or("?"),
+            oldest["waiting_s"].as_f64().unwrap_or(0.0)
         ),
         None => println!("oldest waiting: none"),
     }
     println!("recent quarantines (requeue with `synthd requeue JOB`):");
+    let recent = status["recent_quarantines"].as_array().cloned().unwrap_or_default();
     if recent.is_empty() {
         println!("  none");
     }
     for job in recent {
         println!(
             "  {} {} {}: {}",
-            job.name(),
-            job.study_key,
-            job.reason_code.as_deref().unwrap_or("?"),
-            job.reason_message.as_deref().unwrap_or("")
+            job["job"].as_str().unwrap_or("?"),
+            job["study"].as_str().unwrap_or("?"),
+            job["code"].as_str().unwrap_or("?"),
+            job["message"].as_str().unwrap_or("")
         );
     }
-    Ok(0)
 }

@@ -41,6 +41,8 @@ pub enum DaemonError {
     },
     #[error("cannot build the pipelines' engine: {0}")]
     Engine(String),
+    #[error(transparent)]
+    Lock(#[from] crate::ledger::lock::LockError),
 }
 
 /// Builds the engine for a config; called at start and on every reload.
@@ -108,6 +110,8 @@ pub struct Daemon<E: Engine> {
     engine: Arc<E>,
     build: EngineBuilder<E>,
     ledger: Ledger,
+    /// Held while this daemon runs: one daemon per ledger, and `status` sees it.
+    _lock: crate::ledger::lock::DaemonLock,
     options: Options,
     settler: crate::ingest::Settler,
     /// Inbox paths to look at again (new, or not settled yet).
@@ -182,6 +186,7 @@ impl<E: Engine> Daemon<E> {
                 source,
             })?;
         }
+        let lock = crate::ledger::lock::DaemonLock::acquire(&config.paths.state)?;
         let engine = Arc::new(build(&config, &key).map_err(DaemonError::Engine)?);
         let ledger = Ledger::open(&config.paths.state)?;
         let settings = &config.raw.daemon;
@@ -228,6 +233,7 @@ impl<E: Engine> Daemon<E> {
             engine,
             build,
             ledger,
+            _lock: lock,
             options,
             settler: Default::default(),
             pending: HashSet::new(),

@@ -8,6 +8,8 @@
 //! (they may carry PHI in file names) because recovery needs them; the state
 //! folder is private (0750) like the work and archive folders.
 
+pub mod lock;
+
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -281,6 +283,20 @@ impl Ledger {
         let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(wrap)?;
         Ok(Ledger { conn, path })
+    }
+
+    /// Whether the tables exist: a daemon that just started may have created
+    /// the file and not yet its schema.
+    pub fn has_schema(&self) -> Result<bool, LedgerError> {
+        let tables: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('jobs', 'instances')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(tables == 2)
     }
 
     fn err(&self, source: rusqlite::Error) -> LedgerError {
