@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use synthd::config::pipeline::{LoadedPipeline, ProviderKind, Synth};
+use synthd::synth::condition::Sequence;
 use synthd::synth::mask::{self, MaskSlice};
 use synthd::synth::{Engine, EngineOptions, SeriesRequest, SliceGeometry, SliceInput, SynthError};
 
@@ -90,6 +91,9 @@ fn request(slices: Vec<SliceInput>) -> SeriesRequest {
         slices,
         variant: 0,
         seed: 42,
+        // Read only by models with seq:… slots (tiny-guided, tiny-contract).
+        sequence: Some(Sequence::T1),
+        ..SeriesRequest::default()
     }
 }
 
@@ -499,6 +503,7 @@ fn several_series_share_batches_without_changing_any_result() {
             slices,
             variant: salt as u32,
             seed: 42,
+            ..SeriesRequest::default()
         }
     };
     let requests = vec![series(1, 2), series(2, 3), series(3, 1)];

@@ -177,5 +177,6 @@ fn synthetic(count: usize, rows: usize, cols: usize, salt: u32) -> SeriesRequest
         slices,
         variant: 0,
         seed: 1,
+        ..SeriesRequest::default()
     }
 }

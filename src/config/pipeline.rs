@@ -161,6 +161,9 @@ impl ProviderKind {
 pub struct Synth {
     /// The ONNX denoiser; its manifest is the sidecar `<stem>.toml`.
     pub model: Spanned<PathBuf>,
+    /// What the model paints: healthy tissue (the default) or a lesion.
+    #[serde(default)]
+    pub task: crate::synth::condition::Task,
     #[serde(default = "default_sampler")]
     pub sampler: SamplerKind,
     #[serde(default = "default_steps", deserialize_with = "ranges::u32_in::<1, 1000, _>")]
@@ -515,6 +518,18 @@ mod tests {
                 .to_string()
                 .contains("`synth.steps_offset` = 1 applies only to timestep_spacing = \"leading\""),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn task_defaults_to_healthy_and_unknown_tasks_name_the_choices() {
+        let pipeline: Pipeline = toml::from_str("name = \"x\"\n[synth]\nmodel = \"m.onnx\"\n").unwrap();
+        assert_eq!(pipeline.synth.unwrap().task, crate::synth::condition::Task::Healthy);
+        let error = parse("name = \"x\"\n[synth]\nmodel = \"m.onnx\"\ntask = \"injury\"\n").unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with("p.toml:4:") && text.contains("`healthy` or `lesion`"),
+            "{text}"
         );
     }
 

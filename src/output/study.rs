@@ -205,6 +205,7 @@ fn synthesize_series(
             slices: inputs.clone(),
             variant,
             seed: synth.seed,
+            ..SeriesRequest::default()
         };
         let result = engine
             .inpaint_series(&request)

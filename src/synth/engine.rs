@@ -6,6 +6,7 @@
 //! (inverse mapping and composite). The inference loops never wait on
 //! preparation or encoding while work is queued.
 
+use super::condition::{CondChannel, Sequence, Task};
 use super::contract;
 use super::error::SynthError;
 use super::inpaint::{self, Prepared};
@@ -30,16 +31,23 @@ pub struct SliceInput {
     /// Row-major, rows × cols.
     pub values: Vec<f32>,
     pub geometry: SliceGeometry,
-    /// 1 = inpaint; None = generate (all slices of a request are generated
-    /// together so that the blobs are coherent across slices).
+    /// 0 = keep, k ≥ 1 = paint (component k of the request's `components`
+    /// under the lesion task); None = generate (all slices of a request are
+    /// generated together so that the blobs are coherent across slices).
     pub mask: Option<Vec<u8>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SeriesRequest {
     pub slices: Vec<SliceInput>,
     pub variant: u32,
     pub seed: u64,
+    /// The series' MR sequence, for models with `seq:…` class-label slots.
+    pub sequence: Option<Sequence>,
+    /// What mask value k means under `synth.task = "lesion"`: the label
+    /// plane `components[k − 1]` (e.g. `label:edema`). The healthy task
+    /// leaves every label plane 0 whatever the components.
+    pub components: Vec<CondChannel>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +132,12 @@ impl Engine {
                 ),
             });
         }
+        manifest
+            .supports_task(synth.task)
+            .map_err(|reason| SynthError::Setting {
+                key: "synth.task",
+                reason: format!("{reason} ({})", model_path.display()),
+            })?;
         let schedule = NoiseSchedule::new(&manifest.scheduler);
         scheduler::check(
             synth.sampler,
@@ -228,7 +242,11 @@ impl Engine {
         let started = Instant::now();
         let checks: Vec<Result<(), SynthError>> = requests
             .iter()
-            .map(|r| check_request(r).and_then(|()| self.check_masks(r)))
+            .map(|r| {
+                check_request(r)
+                    .and_then(|()| self.check_masks(r))
+                    .and_then(|()| self.check_components(r))
+            })
             .collect();
         let (h, w) = (
             self.manifest.geometry.height as usize,
@@ -258,6 +276,8 @@ impl Engine {
                     let masks = self.masks(request);
                     let values: Vec<&[f32]> = request.slices.iter().map(|s| s.values.as_slice()).collect();
                     let norms = tensor::normalizations(&self.manifest.intensity, &values);
+                    // Checked with the request: an unconditionable request fails there.
+                    let class_labels = self.class_vector(request).unwrap_or_default();
                     for (i, (s, (slice_mask, norm))) in
                         request.slices.iter().zip(masks.into_iter().zip(norms)).enumerate()
                     {
@@ -283,6 +303,9 @@ impl Engine {
                             variant: request.variant,
                             known: placement.to_grid(&model_units, norm.range[0]),
                             mask: placement.mask_to_grid(&slice_mask),
+                            components: self.component_grid(request, &placement, &slice_mask),
+                            component_planes: request.components.clone(),
+                            class_labels: class_labels.clone(),
                             slice_mask,
                             norm,
                             placement,
@@ -473,6 +496,80 @@ impl Engine {
             }),
             None => Ok(()),
         }
+    }
+
+    /// The request's class-label vector (task from the pipeline, sequence
+    /// from the request); empty for a model without `class_labels`.
+    fn class_vector(&self, request: &SeriesRequest) -> Result<Vec<f32>, SynthError> {
+        self.manifest
+            .class_vector(self.synth.task, request.sequence)
+            .map_err(SynthError::Conditioning)
+    }
+
+    /// Under the lesion task every mask value must name a label plane of the model.
+    fn check_components(&self, request: &SeriesRequest) -> Result<(), SynthError> {
+        self.class_vector(request)?;
+        if self.synth.task != Task::Lesion {
+            return Ok(());
+        }
+        if request.components.is_empty() {
+            return Err(SynthError::Conditioning(
+                "task = \"lesion\" needs labelled components (mask value k paints components[k − 1])".into(),
+            ));
+        }
+        if let Some(unknown) = request
+            .components
+            .iter()
+            .find(|c| !matches!(c, CondChannel::Label(_)) || !self.manifest.inputs.cond.contains(c))
+        {
+            return Err(SynthError::Conditioning(format!(
+                "component `{}` is not a label plane of the model (it has {})",
+                unknown.name(),
+                self.manifest
+                    .label_planes()
+                    .iter()
+                    .map(|l| l.plane.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let most = request.components.len();
+        for (index, s) in request.slices.iter().enumerate() {
+            if let Some(value) = s
+                .mask
+                .as_ref()
+                .and_then(|m| m.iter().copied().find(|&v| v as usize > most))
+            {
+                return Err(SynthError::BadSlice {
+                    index,
+                    reason: format!("mask value {value} names no component ({most} given)"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The component of each grid pixel (0 = none, k = components[k − 1]);
+    /// empty under the healthy task, whose label planes are all 0. A grid
+    /// pixel two components reach keeps the one listed first (components
+    /// are exclusive: list the innermost first).
+    fn component_grid(&self, request: &SeriesRequest, placement: &Placement, slice_mask: &[u8]) -> Vec<u8> {
+        if self.synth.task != Task::Lesion || request.components.is_empty() {
+            return Vec::new();
+        }
+        let mut grid = vec![0u8; placement.grid_height * placement.grid_width];
+        for k in 1..=request.components.len() as u8 {
+            let only: Vec<u8> = slice_mask.iter().map(|&v| u8::from(v == k)).collect();
+            if !only.contains(&1) {
+                continue;
+            }
+            for (cell, m) in grid.iter_mut().zip(placement.mask_to_grid(&only)) {
+                if *cell == 0 && m != 0.0 {
+                    *cell = k;
+                }
+            }
+        }
+        grid
     }
 
     /// Given masks, or generated ones for the whole series at once.

@@ -29,6 +29,8 @@ pub enum SynthError {
     NonFinite { step: usize },
     #[error("slice {index} of the request: {reason}")]
     BadSlice { index: usize, reason: String },
+    #[error("cannot condition the model on this series: {0}")]
+    Conditioning(String),
     #[error("the request is empty: give at least one slice")]
     EmptyRequest,
     #[error("pipeline setting {key}: {reason}")]

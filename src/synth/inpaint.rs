@@ -32,6 +32,13 @@ pub struct Prepared {
     pub known: Vec<f32>,
     /// 1 = inpaint, on the grid.
     pub mask: Vec<f32>,
+    /// The lesion component of each grid pixel (0 = none, k = the request's
+    /// components[k − 1]); empty = every label plane 0 (healthy task).
+    pub components: Vec<u8>,
+    /// Which label plane each component fills, by component number − 1.
+    pub component_planes: Vec<CondChannel>,
+    /// The class-label vector of the conditional pass (empty without slots).
+    pub class_labels: Vec<f32>,
 }
 
 /// Time inside ONNX Runtime.
@@ -79,12 +86,20 @@ pub fn denoise(
     let conditioned = !manifest.inputs.cond.is_empty();
     let cond = conditioned.then(|| build_cond(manifest, batch, hw));
     let guided = synth.guidance != 1.0;
-    let labels: Option<Vec<f32>> = (!manifest.inputs.class_labels.is_empty()).then(|| {
-        let conditional = manifest.conditional_labels();
-        let mut labels: Vec<f32> = (0..n).flat_map(|_| conditional.iter().copied()).collect();
+    let slots = manifest.inputs.class_labels.len();
+    let labels: Option<Vec<f32>> = (slots != 0).then(|| {
+        // Each slice its own vector: slices of several series (sequences) share batches.
+        let mut labels: Vec<f32> = batch
+            .iter()
+            .flat_map(|p| {
+                let mut v = p.class_labels.clone();
+                v.resize(slots, 0.0);
+                v
+            })
+            .collect();
         if guided {
             // Classifier-free guidance: the second half of a 2N batch is unconditional.
-            labels.extend(std::iter::repeat_n(0.0, n * conditional.len()));
+            labels.extend(std::iter::repeat_n(0.0, n * slots));
         }
         labels
     });
@@ -203,6 +218,13 @@ fn build_cond(manifest: &Manifest, batch: &[Prepared], hw: usize) -> Vec<f32> {
             match channel {
                 CondChannel::MaskedImage => cond.extend(p.known.iter().zip(&p.mask).map(|(&v, &m)| v * (1.0 - m))),
                 CondChannel::Mask => cond.extend_from_slice(&p.mask),
+                CondChannel::Label(_) => {
+                    let plane = p.component_planes.iter().position(|c| c == channel);
+                    match plane.filter(|_| !p.components.is_empty()) {
+                        Some(k) => cond.extend(p.components.iter().map(|&v| f32::from(u8::from(v as usize == k + 1)))),
+                        None => cond.extend(std::iter::repeat_n(0.0, hw)),
+                    }
+                }
             }
         }
     }

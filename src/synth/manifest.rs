@@ -4,6 +4,8 @@
 //! its parser. Unknown keys are errors so that a typo never silently falls
 //! back to a default.
 
+pub use super::condition::CondChannel;
+use super::condition::{self, ClassSlot, Sequence, Task};
 use super::error::SynthError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,6 +26,40 @@ pub struct Manifest {
     pub intensity: Intensity,
     pub sequences: Sequences,
     pub recommended: Recommended,
+    /// The coded concept of each `label:<name>` plane (`[[labels]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<LabelConcept>,
+}
+
+/// What a `label:<name>` plane means, as the codes a DICOM SEG gives a
+/// segment (Segmented Property Category / Type Code Sequence), so a study's
+/// SEG maps onto planes by code, never by segment number or label text.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelConcept {
+    pub plane: CondChannel,
+    pub category: Code,
+    #[serde(rename = "type")]
+    pub property_type: Code,
+}
+
+/// A coded concept (PS3.3 Code Sequence Macro): scheme designator, code value, meaning.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Code {
+    /// Coding Scheme Designator, e.g. "SCT".
+    pub scheme: String,
+    /// Code Value, e.g. "79654002".
+    pub value: String,
+    /// Code Meaning, e.g. "Edema".
+    pub meaning: String,
+}
+
+impl Code {
+    /// Same concept: scheme and value agree (the meaning is free text).
+    pub fn same_concept(&self, scheme: &str, value: &str) -> bool {
+        self.scheme.trim().eq_ignore_ascii_case(scheme.trim()) && self.value.trim() == value.trim()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -149,22 +185,14 @@ pub struct Inputs {
     /// Meaning of each `cond` channel in order; empty = no `cond` input.
     #[serde(default)]
     pub cond: Vec<CondChannel>,
-    /// Meaning of each `class_labels` slot; empty = no `class_labels` input.
+    /// Meaning of each `class_labels` slot (`task:…`, `seq:…`); empty = no
+    /// `class_labels` input.
     #[serde(default)]
-    pub class_labels: Vec<String>,
-    /// The label vector used for conditional passes; absent = all ones for a
-    /// single slot, else the first slot set (a one-hot of slot 0).
+    pub class_labels: Vec<ClassSlot>,
+    /// Overrides the vector synthd builds from the slot names (task and the
+    /// series' sequence) for the conditional pass.
     #[serde(default)]
     pub class_label_default: Option<Vec<f32>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CondChannel {
-    /// The known image in model intensity units, zero inside the mask.
-    MaskedImage,
-    /// 1 where the model must inpaint, 0 where the image is known.
-    Mask,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -215,7 +243,7 @@ pub struct Intensity {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sequences {
-    pub supported: Vec<String>,
+    pub supported: Vec<Sequence>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -327,19 +355,86 @@ impl Manifest {
                 ));
             }
         }
+        self.check_names().map_err(bad)
+    }
+
+    /// Planes, slots and `[[labels]]` agree: no name twice, one concept per
+    /// label plane, every sequence slot among `sequences.supported`.
+    fn check_names(&self) -> Result<(), String> {
+        let cond = &self.inputs.cond;
+        if let Some(twice) = cond.iter().enumerate().find(|(i, c)| cond[..*i].contains(c)) {
+            return Err(format!("inputs.cond names `{}` twice", twice.1.name()));
+        }
+        let slots = &self.inputs.class_labels;
+        if let Some(twice) = slots.iter().enumerate().find(|(i, s)| slots[..*i].contains(s)) {
+            return Err(format!("inputs.class_labels names `{}` twice", twice.1.name()));
+        }
+        for plane in cond.iter().filter(|c| matches!(c, CondChannel::Label(_))) {
+            match self.labels.iter().filter(|l| &l.plane == plane).count() {
+                1 => {}
+                0 => {
+                    return Err(format!(
+                        "inputs.cond has `{}` but no [[labels]] entry gives its codes (plane, category, type)",
+                        plane.name()
+                    ))
+                }
+                _ => return Err(format!("[[labels]] describes `{}` more than once", plane.name())),
+            }
+        }
+        for label in &self.labels {
+            if !matches!(label.plane, CondChannel::Label(_)) || !cond.contains(&label.plane) {
+                return Err(format!(
+                    "[[labels]] plane `{}` is not a label:<name> plane of inputs.cond",
+                    label.plane.name()
+                ));
+            }
+        }
+        for slot in slots {
+            if let ClassSlot::Sequence(sequence) = slot {
+                if !self.sequences.supported.contains(sequence) {
+                    return Err(format!(
+                        "inputs.class_labels has `{}` but sequences.supported does not list {sequence}",
+                        slot.name()
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
-    /// The conditional label vector for classifier-free guidance's conditional pass.
-    pub fn conditional_labels(&self) -> Vec<f32> {
+    /// The class-label vector of the conditional pass for `task` on a series
+    /// of `sequence` (`class_label_default` when the manifest gives one).
+    pub fn class_vector(&self, task: Task, sequence: Option<Sequence>) -> Result<Vec<f32>, String> {
         if let Some(default) = &self.inputs.class_label_default {
-            return default.clone();
+            return Ok(default.clone());
         }
-        let mut labels = vec![0.0; self.inputs.class_labels.len()];
-        if let Some(first) = labels.first_mut() {
-            *first = 1.0;
+        condition::class_vector(&self.inputs.class_labels, task, sequence)
+    }
+
+    /// The `label:<name>` planes of `cond`, in order, with their codes.
+    pub fn label_planes(&self) -> Vec<&LabelConcept> {
+        self.inputs
+            .cond
+            .iter()
+            .filter_map(|c| self.labels.iter().find(|l| &l.plane == c))
+            .collect()
+    }
+
+    /// Whether the model can be asked for `task`: a lesion needs label
+    /// planes, and a model with task slots needs that task's slot.
+    pub fn supports_task(&self, task: Task) -> Result<(), String> {
+        let slots = &self.inputs.class_labels;
+        let has_task_slots = slots.iter().any(|s| matches!(s, ClassSlot::Task(_)));
+        if has_task_slots && !slots.contains(&ClassSlot::Task(task)) {
+            return Err(format!(
+                "the model has task slots but no `task:{}` in inputs.class_labels",
+                task.name()
+            ));
         }
-        labels
+        if task == Task::Lesion && self.label_planes().is_empty() {
+            return Err("task = \"lesion\" needs a model with label:<name> cond planes; this one has none".into());
+        }
+        Ok(())
     }
 
     /// Output channels the graph must produce.

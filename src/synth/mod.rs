@@ -8,6 +8,7 @@ pub mod scheduler;
 
 pub use error::SynthError;
 pub use manifest::Manifest;
+pub mod condition;
 pub mod contract;
 pub mod engine;
 pub mod inpaint;
