@@ -6,8 +6,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-# dcmtk (dcmdump), dicom3tools (dciodvfy), gdcm (gdcmdump, gdcmanon), systemd (systemd-analyze).
-packages=(dcmtk dicom3tools libgdcm-tools systemd python3-venv)
+# dcmtk (dcmdump, storescu, storescp), dicom3tools (dciodvfy), gdcm (gdcmdump,
+# gdcmanon), systemd (systemd-analyze), orthanc and curl (the PACS the network tests talk to, and its REST API).
+packages=(dcmtk dicom3tools libgdcm-tools systemd python3-venv orthanc curl)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

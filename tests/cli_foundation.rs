@@ -291,3 +291,35 @@ fn doctor_says_where_it_looked_when_onnxruntime_is_missing() {
         stderr(&output)
     );
 }
+
+#[test]
+fn validate_reports_each_bad_dicom_listen_value_at_its_line() {
+    let (_dir, config) = init_layout();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    let first = text.lines().count() + 1;
+    text.push_str(
+        "[dicom.listen]\nae_title = \"SYNTHD_IS_TOO_LONG\"\nbind = \"localhost\"\n\
+         [[dicom.listen.allow]]\nae_title = \"PACS\"\nhosts = [\"pacs.example\"]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    let lines: Vec<String> = stderr(&output).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines[..3],
+        [
+            format!(
+                "{config}:{}:12: `dicom.listen.ae_title`: AE title \"SYNTHD_IS_TOO_LONG\" is 18 characters long; at most 16 are allowed",
+                first + 1
+            ),
+            format!(
+                "{config}:{}:8: `dicom.listen.bind`: \"localhost\" is not an IP address; expected e.g. \"127.0.0.1\" or \"0.0.0.0\"",
+                first + 2
+            ),
+            format!(
+                "{config}:{}:10: `dicom.listen.allow.hosts`: \"pacs.example\" is not an IP address; expected e.g. \"10.0.0.5\" (host names are not resolved)",
+                first + 5
+            ),
+        ]
+    );
+}

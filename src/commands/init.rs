@@ -113,6 +113,21 @@ shutdown_timeout = "30s"
 originals = "archive"
 summary_interval = "5m"
 min_free_space = "512MiB"
+
+# Receive studies over DICOM (C-STORE, C-ECHO) into the inbox: uncomment,
+# and list each sending PACS or modality with the addresses it calls from.
+# [dicom.listen]
+# ae_title = "SYNTHD"
+# bind = "127.0.0.1"
+# port = 11112
+# max_associations = 16
+# connect_timeout = "10s"
+# read_timeout = "30s"
+# idle_timeout = "2m"
+# max_pdu = "256KiB"
+# [[dicom.listen.allow]]
+# ae_title = "PACS"
+# hosts = ["127.0.0.1"]
 "#,
         pipelines = path("pipelines"),
         inbox = path("inbox"),

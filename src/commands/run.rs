@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::daemon::{system, Daemon, DeidEngine, Options};
 use crate::keyfile::SiteKey;
+use crate::net::Scp;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -21,8 +22,26 @@ pub fn run(config_file: &Path, allow_root: bool) -> Result<i32> {
         .map_err(anyhow::Error::msg)
         .context("run: key file")?;
     system::install_signal_handlers().context("run: cannot install signal handlers")?;
+    let listen = config.raw.dicom.listen.clone();
+    let inbox = config.paths.inbox.clone();
     let mut daemon = Daemon::start(config, key, Box::new(DeidEngine::build), Options::from_env())
         .with_context(|| format!("run: cannot start with {}", config_file.display()))?;
-    daemon.run().context("run: the coordinator stopped")?;
+    // Listening starts once the daemon is up (its inbox exists, crash
+    // recovery done) and stops after it drained: what arrives meanwhile is
+    // durable in the inbox for the next start. Dropping the SCP aborts idle
+    // associations and lets a half-received instance finish.
+    let scp = match &listen {
+        Some(listen) => Some(Scp::start(listen, &inbox).with_context(|| {
+            format!(
+                "run: cannot listen on {}:{} (dicom.listen)",
+                listen.bind.get_ref(),
+                listen.port
+            )
+        })?),
+        None => None,
+    };
+    let ran = daemon.run();
+    drop(scp);
+    ran.context("run: the coordinator stopped")?;
     Ok(0)
 }

@@ -4,6 +4,7 @@
 //! Relative paths inside a config resolve against the config file's folder.
 
 pub mod diagnostic;
+pub mod dicom;
 pub mod pipeline;
 mod ranges;
 pub mod units;
@@ -34,6 +35,9 @@ pub struct RawConfig {
     pub log: LogSettings,
     #[serde(default)]
     pub daemon: DaemonSettings,
+    /// DICOM networking: `[dicom.listen]` (see `dicom.rs`).
+    #[serde(default)]
+    pub dicom: dicom::DicomSettings,
     /// Pipeline files, or folders whose `*.toml` files are pipelines.
     #[serde(default)]
     pub pipelines: Vec<Spanned<PathBuf>>,
@@ -355,6 +359,7 @@ impl Config {
                 ));
             }
         }
+        problems.extend(dicom::check(file, source, &raw.dicom));
         let mut pipelines = Vec::new();
         for entry in &raw.pipelines {
             let target = resolve(entry);

@@ -1,0 +1,13 @@
+//! DICOM networking: the C-STORE SCP that feeds the inbox (`scp`, `accept`,
+//! `store`) and the DIMSE messages it speaks (`dimse`), on dicom-ul's
+//! association and PDU layer. Network code knows files and UIDs only:
+//! de-identification happens after intake, as for dropped files.
+
+pub mod accept;
+pub mod dimse;
+pub mod scp;
+pub mod scu;
+pub mod store;
+pub mod uid;
+
+pub use scp::Scp;

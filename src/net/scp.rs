@@ -1,0 +1,427 @@
+//! The C-STORE SCP: a listener thread and one thread per association.
+//!
+//! An association is negotiated by `accept`, then serves C-ECHO and C-STORE
+//! until the peer releases or aborts it, or a timeout passes. A data set is
+//! gathered in memory and handed to `store` only once its last fragment is
+//! in, so an A-ABORT, a closed connection or a timeout mid-instance leaves
+//! nothing behind; Success is answered only once the file is durable.
+
+use super::accept::{local_limit_exceeded, AcceptedContext, Acceptor, Decision};
+use super::dimse::{command_field, Assembler, CommandSet, Message, Status, VERIFICATION_SOP_CLASS};
+use super::store::{InboxWriter, Received, Refusal};
+use crate::config::dicom::Listen;
+use bytes::BytesMut;
+use dicom_ul::association::read_pdu_from_wire;
+use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A data set larger than this is refused (the association is aborted):
+/// it is held in memory until complete.
+const MAX_DATA_SET: usize = 1 << 30;
+/// Refusals beyond the association limit are answered by at most this many
+/// threads at once; further connections are closed unanswered.
+const MAX_REFUSERS: usize = 16;
+/// Waits on the socket are cut into slices this long, so a stop request
+/// is seen between messages.
+const STOP_CHECK: Duration = Duration::from_millis(500);
+
+/// The running SCP. Dropping it stops accepting, aborts idle associations
+/// and waits for those in the middle of a message.
+pub struct Scp {
+    stop: Arc<AtomicBool>,
+    local: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    settings: Listen,
+    writer: InboxWriter,
+    stop: Arc<AtomicBool>,
+    active: AtomicUsize,
+    refusing: AtomicUsize,
+}
+
+impl Scp {
+    /// Binds `dicom.listen` and starts accepting; received instances go to `inbox`.
+    pub fn start(settings: &Listen, inbox: &Path) -> io::Result<Scp> {
+        let address = SocketAddr::new(settings.bind_address(), settings.port as u16);
+        let listener = TcpListener::bind(address)?;
+        let local = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = InboxWriter::new(inbox);
+        writer.sweep_partials();
+        let shared = Arc::new(Shared {
+            settings: settings.clone(),
+            writer,
+            stop: stop.clone(),
+            active: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
+        });
+        tracing::info!(target: "net", address = %local, ae_title = %settings.ae_title.get_ref(), "listening for DICOM associations");
+        let thread = std::thread::Builder::new()
+            .name("scp-listen".into())
+            .spawn(move || accept_loop(listener, shared))?;
+        Ok(Scp {
+            stop,
+            local,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl Drop for Scp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        if !readable(&listener, STOP_CHECK) {
+            threads.retain(|t| !t.is_finished());
+            continue;
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(target: "net", %error, "accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let max = shared.settings.max_associations as usize;
+        if shared.active.load(Ordering::SeqCst) >= max {
+            refuse_over_limit(stream, peer, &shared);
+            continue;
+        }
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        let association = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("scp-association".into())
+            .spawn(move || {
+                serve(stream, peer, &association);
+                association.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(error) => {
+                shared.active.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!(target: "net", %error, "cannot start an association thread");
+            }
+        }
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+}
+
+/// Waits up to `timeout` for a connection to accept.
+fn readable(listener: &TcpListener, timeout: Duration) -> bool {
+    let mut poll = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
+    ready > 0 && poll.revents & libc::POLLIN != 0
+}
+
+/// Answers an association beyond the limit with a transient A-ASSOCIATE-RJ
+/// (local-limit-exceeded), on a thread of its own so that a slow peer cannot
+/// stall the listener; the associations in progress are not touched.
+fn refuse_over_limit(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+    tracing::warn!(target: "net", peer = %peer.ip(), limit = shared.settings.max_associations, "association refused: dicom.listen.max_associations reached");
+    if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSERS {
+        shared.refusing.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let refuser = shared.clone();
+    let spawned = std::thread::Builder::new().name("scp-refuse".into()).spawn(move || {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buffer = BytesMut::new();
+        if let Ok(Pdu::AssociationRQ(_)) = read_pdu_from_wire(&mut stream, &mut buffer, refuser.max_pdu(), true) {
+            let _ = send(&mut stream, &Pdu::AssociationRJ(local_limit_exceeded()));
+        }
+        refuser.refusing.fetch_sub(1, Ordering::SeqCst);
+    });
+    if spawned.is_err() {
+        shared.refusing.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Shared {
+    fn max_pdu(&self) -> u32 {
+        self.settings.max_pdu_bytes()
+    }
+}
+
+/// How an association ended, for its log line.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Released,
+    AbortedByPeer,
+    TimedOut,
+    Closed,
+    ProtocolError,
+    Stopping,
+}
+
+#[derive(Default)]
+struct Tally {
+    stored: u64,
+    refused: u64,
+    echoes: u64,
+}
+
+fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let settings = &shared.settings;
+    let mut buffer = BytesMut::new();
+    let _ = stream.set_write_timeout(Some(settings.read_timeout.as_duration()));
+    let _ = stream.set_read_timeout(Some(settings.connect_timeout.as_duration()));
+    let request = match read_pdu_from_wire(&mut stream, &mut buffer, shared.max_pdu(), true) {
+        Ok(Pdu::AssociationRQ(request)) => request,
+        Ok(_) => {
+            abort(&mut stream, AbortRQServiceProviderReason::UnexpectedPdu);
+            return;
+        }
+        Err(error) => {
+            tracing::info!(target: "net", peer = %peer.ip(), %error, "connection closed before an A-ASSOCIATE-RQ");
+            return;
+        }
+    };
+    let calling = request.calling_ae_title.trim().to_string();
+    let acceptor = Acceptor {
+        ae_title: settings.ae_title.get_ref(),
+        allow: &settings.allow,
+        max_pdu: shared.max_pdu(),
+    };
+    let contexts = match acceptor.negotiate(request, peer.ip()) {
+        Decision::Reject { response, reason } => {
+            tracing::warn!(target: "net", peer = %peer.ip(), calling_ae = %calling, reason, "association rejected");
+            let _ = send(&mut stream, &Pdu::AssociationRJ(response));
+            return;
+        }
+        Decision::Accept { response, contexts, .. } => {
+            if send(&mut stream, &Pdu::AssociationAC(response)).is_err() {
+                return;
+            }
+            contexts
+        }
+    };
+    tracing::info!(target: "net", peer = %peer.ip(), calling_ae = %calling, contexts = contexts.len(), "association accepted");
+    let mut session = Session {
+        stream,
+        buffer,
+        calling,
+        peer: peer.ip(),
+        contexts,
+        shared,
+        tally: Tally::default(),
+    };
+    let ending = session.run();
+    let Tally {
+        stored,
+        refused,
+        echoes,
+    } = session.tally;
+    tracing::info!(target: "net", peer = %session.peer, calling_ae = %session.calling, ending = ?ending, stored, refused, echoes, "association ended");
+}
+
+struct Session<'a> {
+    stream: TcpStream,
+    buffer: BytesMut,
+    calling: String,
+    peer: IpAddr,
+    contexts: Vec<AcceptedContext>,
+    shared: &'a Shared,
+    tally: Tally,
+}
+
+impl Session<'_> {
+    fn run(&mut self) -> Ending {
+        let mut assembler = Assembler::new(MAX_DATA_SET);
+        loop {
+            let pdu = match self.next_pdu(assembler.in_progress()) {
+                Ok(pdu) => pdu,
+                Err(ending) => {
+                    if matches!(ending, Ending::TimedOut | Ending::Stopping) {
+                        abort(&mut self.stream, AbortRQServiceProviderReason::ReasonNotSpecified);
+                    }
+                    return ending;
+                }
+            };
+            match pdu {
+                Pdu::PData { data } => {
+                    for value in data {
+                        match assembler.push(value) {
+                            Ok(Some(message)) => {
+                                if let Err(ending) = self.answer(message) {
+                                    return ending;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(error) => {
+                                tracing::warn!(target: "net", calling_ae = %self.calling, %error, "aborting the association");
+                                abort(&mut self.stream, AbortRQServiceProviderReason::InvalidPduParameter);
+                                return Ending::ProtocolError;
+                            }
+                        }
+                    }
+                }
+                Pdu::ReleaseRQ => {
+                    let _ = send(&mut self.stream, &Pdu::ReleaseRP);
+                    return Ending::Released;
+                }
+                Pdu::AbortRQ { .. } => return Ending::AbortedByPeer,
+                _ => {
+                    abort(&mut self.stream, AbortRQServiceProviderReason::UnexpectedPdu);
+                    return Ending::ProtocolError;
+                }
+            }
+        }
+    }
+
+    /// The next PDU: within `read_timeout` in the middle of a message,
+    /// `idle_timeout` between messages; a stop request ends the wait
+    /// between messages only.
+    fn next_pdu(&mut self, mid_message: bool) -> Result<Pdu, Ending> {
+        let settings = &self.shared.settings;
+        let limit = if mid_message {
+            settings.read_timeout
+        } else {
+            settings.idle_timeout
+        }
+        .as_duration();
+        let started = Instant::now();
+        loop {
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(Ending::TimedOut);
+            }
+            if !mid_message && self.shared.stop.load(Ordering::SeqCst) {
+                return Err(Ending::Stopping);
+            }
+            let _ = self.stream.set_read_timeout(Some(left.min(STOP_CHECK)));
+            match read_pdu_from_wire(&mut self.stream, &mut self.buffer, self.shared.max_pdu(), true) {
+                Ok(pdu) => return Ok(pdu),
+                Err(error) if is_timeout(&error) => continue,
+                Err(error) => {
+                    tracing::info!(target: "net", calling_ae = %self.calling, %error, "association lost");
+                    return Err(Ending::Closed);
+                }
+            }
+        }
+    }
+
+    /// Handles one whole message and sends its response.
+    fn answer(&mut self, message: Message) -> Result<(), Ending> {
+        let Some(context) = self
+            .contexts
+            .iter()
+            .find(|c| c.id == message.presentation_context_id)
+            .cloned()
+        else {
+            abort(&mut self.stream, AbortRQServiceProviderReason::InvalidPduParameter);
+            return Err(Ending::ProtocolError);
+        };
+        let command = &message.command;
+        let response = match command.command_field {
+            command_field::C_ECHO_RQ => {
+                self.tally.echoes += 1;
+                command.response(Status::SUCCESS, None)
+            }
+            command_field::C_STORE_RQ => {
+                let outcome = self.store(&context, command, message.data_set.as_deref());
+                match outcome {
+                    Ok(()) => {
+                        self.tally.stored += 1;
+                        command.response(Status::SUCCESS, None)
+                    }
+                    Err(refusal) => {
+                        self.tally.refused += 1;
+                        tracing::warn!(target: "net", calling_ae = %self.calling, status = %refusal.status, reason = %refusal.comment, "C-STORE refused");
+                        command.response(refusal.status, Some(&refusal.comment))
+                    }
+                }
+            }
+            other => {
+                tracing::warn!(target: "net", calling_ae = %self.calling, command_field = other, "unsupported DIMSE command");
+                command.response(Status(0x0211), Some("synthd serves C-ECHO and C-STORE only"))
+            }
+        };
+        send(&mut self.stream, &super::dimse::command_pdu(context.id, &response)).map_err(|_| Ending::Closed)
+    }
+
+    fn store(&self, context: &AcceptedContext, command: &CommandSet, data_set: Option<&[u8]>) -> Result<(), Refusal> {
+        let refused = |status, comment: &str| Refusal {
+            status,
+            comment: comment.to_string(),
+        };
+        let sop_class = command.affected_sop_class_uid.as_deref().unwrap_or_default();
+        if context.abstract_syntax == VERIFICATION_SOP_CLASS || sop_class != context.abstract_syntax {
+            return Err(refused(
+                Status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
+                "the SOP class is not the presentation context's",
+            ));
+        }
+        let Some(data_set) = data_set else {
+            return Err(refused(
+                Status::ERROR_CANNOT_UNDERSTAND,
+                "the C-STORE-RQ carries no data set",
+            ));
+        };
+        let received = Received {
+            calling_ae_title: &self.calling,
+            sop_class_uid: sop_class,
+            sop_instance_uid: command.affected_sop_instance_uid.as_deref().unwrap_or_default(),
+            transfer_syntax: &context.transfer_syntax,
+            data_set,
+        };
+        self.shared.writer.store(&received).map(drop)
+    }
+}
+
+fn send(stream: &mut TcpStream, pdu: &Pdu) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(512);
+    dicom_ul::write_pdu(&mut bytes, pdu).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    stream.write_all(&bytes)
+}
+
+fn abort(stream: &mut TcpStream, reason: AbortRQServiceProviderReason) {
+    let _ = send(
+        stream,
+        &Pdu::AbortRQ {
+            source: AbortRQSource::ServiceProvider(reason),
+        },
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Whether a dicom-ul read failed only because the socket timeout passed.
+pub fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<io::Error>() {
+            return matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+        }
+        source = inner.source();
+    }
+    false
+}
