@@ -7,8 +7,10 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 # dcmtk (dcmdump, storescu, storescp), dicom3tools (dciodvfy), gdcm (gdcmdump,
-# gdcmanon), systemd (systemd-analyze), orthanc and curl (the PACS the network tests talk to, and its REST API).
-packages=(dcmtk dicom3tools libgdcm-tools systemd python3-venv orthanc curl)
+# gdcmanon), systemd (systemd-analyze), orthanc and curl (the PACS the network tests talk to, and its REST API),
+# chromium (the status page test loads it headless), prometheus (its promtool
+# checks /metrics and deploy/prometheus/ rules; the server it brings is not used).
+packages=(dcmtk dicom3tools libgdcm-tools systemd python3-venv orthanc curl chromium prometheus)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -19,6 +21,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    # Only promtool is wanted: the package's server must not keep running here.
+    "${sudo_cmd[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # The project venv: pydicom (its bundled test files and a second reader),

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod keyfile;
 pub mod ledger;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod output;
 pub mod phi;

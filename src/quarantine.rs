@@ -29,6 +29,25 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
+    /// Every code (metrics report each from zero, so the first quarantine
+    /// of a kind shows as an increase). Add a new variant here too.
+    pub const ALL: [ReasonCode; 14] = [
+        ReasonCode::NotDicom,
+        ReasonCode::ZeroBytes,
+        ReasonCode::Truncated,
+        ReasonCode::NoFileMeta,
+        ReasonCode::UnsupportedTransferSyntax,
+        ReasonCode::ConflictingDuplicate,
+        ReasonCode::ResidualPhi,
+        ReasonCode::BurnedInAnnotation,
+        ReasonCode::BurnedInAnnotationUnknown,
+        ReasonCode::NoMatchingPipeline,
+        ReasonCode::NotARegularFile,
+        ReasonCode::ModelFailure,
+        ReasonCode::InvalidPixelData,
+        ReasonCode::InvalidUid,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReasonCode::NotDicom => "not-dicom",

@@ -323,3 +323,47 @@ fn validate_reports_each_bad_dicom_listen_value_at_its_line() {
         ]
     );
 }
+
+/// `[metrics] listen`: a malformed address, and one another program holds,
+/// are reported at the key by `validate` and by `run` before it starts.
+#[test]
+fn metrics_listen_malformed_or_taken_is_reported_at_the_key() {
+    let (_dir, config) = init_layout();
+    let line = std::fs::read_to_string(&config).unwrap().lines().count() + 3;
+    let append = |listen: &str| {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.split("\n[metrics]\n").next().unwrap().to_string();
+        std::fs::write(&config, format!("{text}\n[metrics]\nlisten = \"{listen}\"\n")).unwrap();
+    };
+    append("localhost:9464");
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output).lines().next().unwrap(),
+        format!(
+            "{config}:{line}:10: `metrics.listen`: \"localhost:9464\" is not an IP:PORT address; expected e.g. \
+             \"127.0.0.1:9464\" (loopback) or \"0.0.0.0:9464\" to expose metrics and the status page to the network \
+             (no host names)"
+        )
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    append(&address);
+    let expected = format!(
+        "{config}:{line}:10: `metrics.listen`: cannot listen on {address}: Address already in use (os error 98); \
+         another program listens there; choose a free port"
+    );
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stderr(&output).lines().next().unwrap(), expected);
+    let output = synthd(&["run", "--allow-root", "--config", &config]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output).trim_end(),
+        format!("error: run: cannot start the metrics listener: {expected}")
+    );
+    drop(taken);
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}

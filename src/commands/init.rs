@@ -128,6 +128,13 @@ min_free_space = "512MiB"
 # [[dicom.listen.allow]]
 # ae_title = "PACS"
 # hosts = ["127.0.0.1"]
+
+# Prometheus /metrics, /healthz, /readyz and a status page at / (docs/metrics.md).
+# Off while commented out. Loopback keeps them on this host; an address other
+# networks reach shows them counts, keyed study ids, reason codes and pipeline
+# names (never a patient value).
+# [metrics]
+# listen = "127.0.0.1:9464"
 "#,
         pipelines = path("pipelines"),
         inbox = path("inbox"),

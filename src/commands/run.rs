@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::daemon::{system, Daemon, DeidEngine, Options};
 use crate::keyfile::SiteKey;
+use crate::metrics;
 use crate::net::Scp;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -21,11 +22,31 @@ pub fn run(config_file: &Path, allow_root: bool) -> Result<i32> {
     let key = SiteKey::read(&config.key_file)
         .map_err(anyhow::Error::msg)
         .context("run: key file")?;
+    // Bound before anything starts, so a taken address stops the start-up at its key.
+    let listener = match &config.metrics {
+        Some(listen) => {
+            let listener = listen
+                .bind()
+                .map_err(|problem| anyhow::anyhow!("{problem}"))
+                .context("run: cannot start the metrics listener")?;
+            Some((listen.addr, listener))
+        }
+        None => None,
+    };
     system::install_signal_handlers().context("run: cannot install signal handlers")?;
     let listen = config.raw.dicom.listen.clone();
     let inbox = config.paths.inbox.clone();
     let mut daemon = Daemon::start(config, key, Box::new(DeidEngine::build), Options::from_env())
         .with_context(|| format!("run: cannot start with {}", config_file.display()))?;
+    if let Some((addr, listener)) = listener {
+        metrics::serve(listener, metrics::Limits::default()).context("run: cannot start the metrics listener")?;
+        if addr.ip().is_loopback() {
+            tracing::info!(target: "metrics", %addr, "serving /metrics, /healthz, /readyz and the status page");
+        } else {
+            tracing::warn!(target: "metrics", %addr, "serving /metrics, /healthz, /readyz and the status page to the network: \
+                 counts, keyed study ids, reason codes and pipeline names (no patient values); restrict access with a firewall");
+        }
+    }
     // Listening starts once the daemon is up (its inbox exists, crash
     // recovery done) and stops after it drained: what arrives meanwhile is
     // durable in the inbox for the next start. Dropping the SCP aborts idle

@@ -44,6 +44,11 @@ fn check(file: &PathBuf) -> Result<String, config::Diagnostics> {
         Ok(format!("pipeline {:?} ({kind})", loaded.name()))
     } else {
         let config = Config::parse(file, &source)?;
+        if let Some(listen) = &config.metrics {
+            listen
+                .check_available()
+                .map_err(|problem| config::Diagnostics(vec![problem]))?;
+        }
         let pipelines: Vec<&LoadedPipeline> = config.pipelines.iter().collect();
         check_models(&pipelines, config.onnxruntime_library.as_deref())?;
         let names: Vec<&str> = config.pipelines.iter().map(LoadedPipeline::name).collect();

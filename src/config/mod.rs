@@ -5,6 +5,7 @@
 
 pub mod diagnostic;
 pub mod dicom;
+pub mod metrics;
 pub mod pipeline;
 mod ranges;
 pub mod units;
@@ -38,6 +39,8 @@ pub struct RawConfig {
     /// DICOM networking: `[dicom.listen]` (see `dicom.rs`).
     #[serde(default)]
     pub dicom: dicom::DicomSettings,
+    /// The Prometheus endpoint and status page; off when absent.
+    pub metrics: Option<metrics::MetricsSettings>,
     /// Pipeline files, or folders whose `*.toml` files are pipelines.
     #[serde(default)]
     pub pipelines: Vec<Spanned<PathBuf>>,
@@ -225,6 +228,8 @@ pub struct Config {
     pub key_file: PathBuf,
     pub onnxruntime_library: Option<PathBuf>,
     pub pipelines: Vec<LoadedPipeline>,
+    /// `[metrics] listen`, parsed; None when metrics are off.
+    pub metrics: Option<metrics::MetricsListen>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +365,18 @@ impl Config {
             }
         }
         problems.extend(dicom::check(file, source, &raw.dicom));
+        let metrics = match raw
+            .metrics
+            .as_ref()
+            .map(|m| metrics::MetricsListen::parse(file, source, m))
+        {
+            Some(Err(problem)) => {
+                problems.push(problem);
+                None
+            }
+            Some(Ok(listen)) => Some(listen),
+            None => None,
+        };
         let mut pipelines = Vec::new();
         for entry in &raw.pipelines {
             let target = resolve(entry);
@@ -395,6 +412,7 @@ impl Config {
             key_file,
             onnxruntime_library,
             pipelines,
+            metrics,
         })
     }
 

@@ -94,6 +94,11 @@ impl Engine for DeidEngine {
             .map_err(|error| Rejection::new(ReasonCode::UnsupportedTransferSyntax, error.to_string()))?;
         Ok((item.relative_path(), bytes))
     }
+    fn provider(&self, pipeline: &str) -> Option<String> {
+        let synthesis = self.synthesis.get(pipeline)?;
+        Some(synthesis.engine.provider().name().to_string())
+    }
+
     fn synthesizes(&self, pipeline: &str) -> bool {
         self.synthesis.contains_key(pipeline)
     }

@@ -17,6 +17,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Deterministic: the same item always gives the same path and bytes.
     fn encode(&self, item: &Self::Item) -> Result<(PathBuf, Vec<u8>), Rejection>;
 
+    /// The execution provider serving the named pipeline's model, if it has one.
+    fn provider(&self, _pipeline: &str) -> Option<String> {
+        None
+    }
+
     /// Whether the named pipeline has study-level work after its instances
     /// are written (synthesis).
     fn synthesizes(&self, _pipeline: &str) -> bool {

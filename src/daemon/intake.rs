@@ -104,7 +104,10 @@ impl<E: Engine> Daemon<E> {
                         .observe(&candidate.path, candidate.size, candidate.mtime, settle, now)
                     {
                         self.settler.forget(&candidate.path);
+                        let started = Instant::now();
                         self.take(&candidate.path)?;
+                        let seconds = started.elapsed().as_secs_f64();
+                        crate::metrics::get().stage(crate::metrics::Stage::Intake, seconds);
                     } else {
                         self.pending.insert(candidate.path);
                     }
@@ -192,6 +195,7 @@ impl<E: Engine> Daemon<E> {
                     source,
                 })?;
                 self.counters.duplicates += 1;
+                crate::metrics::get().instance("duplicate", 1);
                 tracing::info!(target: "ingest", study = %study_key, "identical duplicate of an instance already taken; recorded and dropped");
                 return Ok(());
             }
@@ -209,6 +213,7 @@ impl<E: Engine> Daemon<E> {
             return self.quarantine_new(&new, &rejection);
         }
         let id = self.ledger.insert_received(&new)?;
+        crate::metrics::get().instance("received", 1);
         self.recorded.insert(path.to_path_buf());
         self.receiving.to_stage.push(ToStage {
             id,

@@ -29,7 +29,7 @@ impl<E: Engine> Daemon<E> {
     }
 
     pub(super) fn io_fault(&mut self, stage: &str, error: &std::io::Error) {
-        self.pause_for(format!("{stage}: {error}"));
+        self.pause_for("io-error", format!("{stage}: {error}"));
     }
 
     /// Claims every study that is complete: quiet for `ingest.stable_age`, or
@@ -103,6 +103,10 @@ impl<E: Engine> Daemon<E> {
         }
         let mut moved = Vec::with_capacity(jobs.len());
         let mut touched = HashSet::from([self.config.paths.work.clone()]);
+        let (stable, now) = (
+            self.config.raw.ingest.stable_age.as_duration().as_secs_f64(),
+            ledger::now(),
+        );
         for (&job, (study, instances)) in jobs.iter().zip(&due) {
             // What `begin_claims` recorded, without reading it back.
             let unfinished: Vec<Instance> = instances
@@ -114,6 +118,11 @@ impl<E: Engine> Daemon<E> {
                 })
                 .collect();
             self.track(job, study.clone(), unfinished.len(), &unfinished);
+            if let Some(progress) = self.jobs.get_mut(&job) {
+                // Claimed late (a backlog) or early (a `.ready` marker).
+                let newest = instances.iter().map(|i| i.arrived).fold(0.0, f64::max);
+                progress.complete_since = Some((newest + stable).min(now));
+            }
             if !self.move_into_work_unsynced(job, &unfinished, &mut touched, true)? {
                 // Its dispatched files finish; `resume_moves` completes the claim.
                 self.jobs.remove(&job);
@@ -127,6 +136,7 @@ impl<E: Engine> Daemon<E> {
         self.unsynced.folders.extend(touched);
         self.unsynced.claims.extend(&moved);
         for (job, (study, instances)) in moved.into_iter().zip(&due) {
+            crate::metrics::get().study("claimed");
             tracing::info!(target: "daemon", study = %study, job = %ledger::job_name(job), instances = instances.len(), "study claimed");
             self.check_finished(job)?;
         }
@@ -296,6 +306,7 @@ impl<E: Engine> Daemon<E> {
                 started: Instant::now(),
                 synthesizing: HashSet::new(),
                 synthesis_started: false,
+                complete_since: None,
             },
         );
     }
@@ -433,6 +444,7 @@ impl<E: Engine> Daemon<E> {
         self.ledger.batch_jobs_state(&task.moved, JobState::Done)?;
         for job in task.moved {
             if let Some(progress) = self.moving.remove(&job) {
+                crate::metrics::get().study("done");
                 self.counters.studies_done += 1;
                 self.finished.push((job, progress));
             }
@@ -476,6 +488,7 @@ impl<E: Engine> Daemon<E> {
         let batch: Vec<(i64, PathBuf)> = written.iter().map(|w| (w.instance, w.relative.clone())).collect();
         self.ledger.batch_instances_written(&batch)?;
         self.counters.instances_written += written.len() as u64;
+        crate::metrics::get().instance("written", written.len() as u64);
         let mut jobs: Vec<i64> = Vec::new();
         for output in &written {
             if let Some(progress) = self.jobs.get_mut(&output.job) {
@@ -526,6 +539,7 @@ impl<E: Engine> Daemon<E> {
                 if let Err(error) = quarantine::write_reason(&dir, &rejection, Stage::Synth, None) {
                     self.io_fault("synth", &error);
                 }
+                crate::metrics::get().quarantine(rejection.code);
                 tracing::warn!(
                     target: "daemon",
                     job = %ledger::job_name(job),
@@ -557,7 +571,7 @@ impl<E: Engine> Daemon<E> {
                 self.flush_in_flight = false;
                 let outputs = self.unsynced.absorb(task);
                 self.retry.extend(outputs.iter().map(|w| (w.job, w.instance)));
-                self.pause_for(reason);
+                self.pause_for("flush-failed", reason);
             }
             OutcomeKind::Rejected(stage, rejection) => {
                 if !self.claim_durable_for(job, instance)? {
@@ -587,7 +601,7 @@ impl<E: Engine> Daemon<E> {
             }
             OutcomeKind::EnvironmentFault(reason) => {
                 self.retry.push((job, instance));
-                self.pause_for(reason);
+                self.pause_for("write-failed", reason);
             }
         }
         Ok(())
@@ -695,7 +709,13 @@ impl<E: Engine> Daemon<E> {
         let finishing = std::mem::take(&mut self.finishing);
         let ids: Vec<i64> = finishing.iter().map(|(job, _)| *job).collect();
         self.ledger.set_jobs_state(&ids, JobState::Written)?;
+        let metrics = crate::metrics::get();
+        let now = ledger::now();
         for (job, progress) in &finishing {
+            metrics.study("written");
+            if let Some(since) = progress.complete_since {
+                metrics.study_latency(now - since);
+            }
             self.written.push(StudyWritten {
                 job: *job,
                 study_key: progress.study_key.clone(),
@@ -806,6 +826,8 @@ impl<E: Engine> Daemon<E> {
                 self.held.remove(source);
                 self.ledger.set_job_state(job, JobState::Quarantined)?;
                 self.counters.quarantined += 1;
+                crate::metrics::get().instance("quarantined", 1);
+                crate::metrics::get().quarantine(rejection.code);
                 let study = self.ledger.job(job)?.map(|j| j.study_key).unwrap_or_default();
                 tracing::warn!(target: "daemon", job = %ledger::job_name(job), study = %study, reason = %rejection.code, stage = ?stage, "quarantined: {}", rejection.message);
             }
@@ -850,6 +872,7 @@ impl<E: Engine> Daemon<E> {
     fn finish_claim(&mut self, job: i64) -> Result<(), DaemonError> {
         if self.move_into_work(job)? {
             self.ledger.set_job_state(job, JobState::Claimed)?;
+            crate::metrics::get().study("claimed");
             self.start_job(job)?;
         }
         Ok(())
@@ -859,6 +882,7 @@ impl<E: Engine> Daemon<E> {
         if self.move_originals(job.id)? {
             self.ledger.set_job_state(job.id, JobState::Done)?;
             self.counters.studies_done += 1;
+            crate::metrics::get().study("done");
             tracing::info!(target: "daemon", study = %job.study_key, job = %job.name(), outcome = "done", "study finished (originals moved after a restart)");
         }
         Ok(())

@@ -77,11 +77,18 @@ struct Progress {
     synthesizing: HashSet<String>,
     /// Whether synthesis was handed out (it runs once the instances are written).
     synthesis_started: bool,
+    /// When its study turned complete (`stable_age` expired or marked
+    /// ready), seconds since the epoch; unknown for a job resumed at start.
+    complete_since: Option<f64>,
 }
 
 /// Why intake is paused, and when to try again.
 struct Pause {
+    /// A fixed word for metrics (`synthd_intake_paused{cause}`).
+    cause: &'static str,
     reason: String,
+    /// When it began (seconds since the epoch).
+    since: f64,
     until: Instant,
     backoff: Duration,
     last_logged: Option<Instant>,
@@ -152,6 +159,8 @@ pub struct Daemon<E: Engine> {
     next_claim_due: Option<f64>,
     pause: Option<Pause>,
     deid_tx: Option<Sender<DeidTask<E>>>,
+    /// Held to report the output queue's depth.
+    output_rx: Receiver<workers::OutputTask>,
     synth_tx: Option<Sender<workers::SynthTask<E>>>,
     outcome_rx: Receiver<Outcome>,
     threads: Vec<JoinHandle<()>>,
@@ -176,6 +185,10 @@ struct Timers {
 /// in between pauses intake on its own (ENOSPC is an environment fault).
 const SPACE_CHECK_EVERY: Duration = Duration::from_millis(250);
 
+/// Written in `paths.state` by a daemon that stopped cleanly, removed at start:
+/// a start without it after a ledger exists follows a watchdog kill or a crash.
+const CLEAN_STOP_FILE: &str = "stopped-cleanly";
+
 impl<E: Engine> Daemon<E> {
     /// Opens the ledger, starts the stage threads and resumes unfinished jobs.
     pub fn start(config: Config, key: SiteKey, build: EngineBuilder<E>, options: Options) -> Result<Self, DaemonError> {
@@ -188,6 +201,7 @@ impl<E: Engine> Daemon<E> {
         }
         let lock = crate::ledger::lock::DaemonLock::acquire(&config.paths.state)?;
         let engine = Arc::new(build(&config, &key).map_err(DaemonError::Engine)?);
+        let unclean = unclean_stop(&config.paths.state);
         let ledger = Ledger::open(&config.paths.state)?;
         let settings = &config.raw.daemon;
         let depth = settings.queue_depth as usize;
@@ -210,6 +224,7 @@ impl<E: Engine> Daemon<E> {
                 workers::synth_worker(synth_rx, outbox, out)
             }));
         }
+        let output_depth = output_rx.clone();
         for n in 0..settings.output_workers {
             let (rx, out, outbox) = (output_rx.clone(), outcome_tx.clone(), config.paths.outbox.clone());
             threads.push(spawn(format!("output-{n}"), move || {
@@ -258,6 +273,7 @@ impl<E: Engine> Daemon<E> {
             next_claim_due: None,
             pause: None,
             deid_tx: Some(deid_tx),
+            output_rx: output_depth,
             synth_tx: Some(synth_tx),
             outcome_rx,
             threads,
@@ -287,6 +303,8 @@ impl<E: Engine> Daemon<E> {
             }
         }
         sweep_stale_temporaries(&daemon.config.paths.outbox);
+        crate::metrics::get().attach(daemon.config.paths.state.clone(), unclean);
+        daemon.publish_pipelines();
         daemon.resume()?;
         Ok(daemon)
     }
@@ -349,7 +367,46 @@ impl<E: Engine> Daemon<E> {
             self.summary()?;
             self.purge_archive();
         }
+        self.publish();
         Ok(())
+    }
+
+    /// What the metrics listener reports about this turn: a few atomic
+    /// stores, never a wait on the listener.
+    fn publish(&self) {
+        let metrics = crate::metrics::get();
+        metrics.turn();
+        metrics.queue_depth("inbox_unsettled", self.pending.len());
+        metrics.queue_depth("dispatch", self.dispatch.len());
+        metrics.queue_depth("deid", self.deid_tx.as_ref().map_or(0, Sender::len));
+        metrics.queue_depth("output", self.output_rx.len());
+        metrics.queue_depth("synth", self.synth_tx.as_ref().map_or(0, Sender::len));
+        metrics.queue_depth("unflushed", self.unflushed.len());
+        metrics.paused(self.pause.as_ref().map(|pause| crate::metrics::PauseInfo {
+            cause: pause.cause,
+            reason: pause.reason.clone(),
+            since: pause.since,
+        }));
+    }
+
+    /// Each pipeline's model and execution provider, for the metrics and status page.
+    fn publish_pipelines(&self) {
+        let pipelines = self
+            .config
+            .pipelines
+            .iter()
+            .map(|pipeline| crate::metrics::PipelineInfo {
+                name: pipeline.name().to_string(),
+                model: pipeline
+                    .model_path()
+                    .and_then(|model| model.file_name().map(|name| name.to_string_lossy().into_owned())),
+                provider: self
+                    .engine
+                    .provider(pipeline.name())
+                    .unwrap_or_else(|| "none".to_string()),
+            })
+            .collect();
+        crate::metrics::get().pipelines(pipelines);
     }
 
     /// How long a turn may wait for the stages: at most 50 ms, less when a
@@ -405,6 +462,9 @@ impl<E: Engine> Daemon<E> {
             }
         }
         self.summary()?;
+        if let Err(error) = std::fs::write(self.config.paths.state.join(CLEAN_STOP_FILE), b"") {
+            tracing::warn!(target: "daemon", %error, "cannot record the clean stop; the next start reports an unclean one");
+        }
         tracing::info!(target: "daemon", checkpointed = left, "stopped; unfinished work resumes at the next start");
         Ok(())
     }
@@ -511,7 +571,7 @@ impl<E: Engine> Daemon<E> {
                 self.recorded.retain(|path| present.contains(path));
                 self.unreadable.retain(|path| present.contains(path));
             }
-            Err(error) => self.pause_for(format!("cannot list the inbox: {error}")),
+            Err(error) => self.pause_for("inbox-unreadable", format!("cannot list the inbox: {error}")),
         }
     }
 
@@ -534,6 +594,9 @@ impl<E: Engine> Daemon<E> {
                     {
                         tracing::warn!(target: "daemon", "[daemon] worker counts or queue_depth changed; they take effect at the next restart");
                     }
+                    if config.metrics != self.config.metrics {
+                        tracing::warn!(target: "daemon", "[metrics] changed; it takes effect at the next restart");
+                    }
                     if config.raw.log.format != self.config.raw.log.format {
                         tracing::warn!(target: "daemon", "[log] format changed; it takes effect at the next restart");
                     }
@@ -542,6 +605,7 @@ impl<E: Engine> Daemon<E> {
                     self.config = config;
                     self.config.paths = paths;
                     self.engine = Arc::new(engine);
+                    self.publish_pipelines();
                     tracing::info!(target: "daemon", pipelines, "reloaded config and pipelines");
                 }
             },
@@ -571,16 +635,24 @@ impl<E: Engine> Daemon<E> {
         let min_free = self.config.raw.daemon.min_free_space.0;
         match system::free_space(&self.config.paths.outbox) {
             Ok(free) if free < min_free => {
-                self.pause_for(format!(
+                crate::metrics::get().outbox(free, system::writable(&self.config.paths.outbox));
+                self.pause_for("low-disk-space", format!(
                     "the outbox file system has {free} bytes free, below daemon.min_free_space ({min_free}); free space or lower the setting"
                 ));
                 return false;
             }
             Err(error) => {
-                self.pause_for(format!("cannot check the outbox ({error}); is the mount present?"));
+                crate::metrics::get().outbox(0, false);
+                self.pause_for(
+                    "outbox-unavailable",
+                    format!("cannot check the outbox ({error}); is the mount present?"),
+                );
                 return false;
             }
-            Ok(_) => self.timers.space_checked = Some(Instant::now()),
+            Ok(free) => {
+                crate::metrics::get().outbox(free, system::writable(&self.config.paths.outbox));
+                self.timers.space_checked = Some(Instant::now());
+            }
         }
         if let Some(pause) = self.pause.take() {
             tracing::info!(target: "daemon", reason = %pause.reason, "intake resumed");
@@ -594,17 +666,20 @@ impl<E: Engine> Daemon<E> {
         true
     }
 
-    fn pause_for(&mut self, reason: String) {
+    fn pause_for(&mut self, cause: &'static str, reason: String) {
         match &mut self.pause {
             Some(pause) => {
                 pause.backoff = (pause.backoff * 2).min(Duration::from_secs(30));
                 pause.until = Instant::now() + pause.backoff;
+                pause.cause = cause;
                 pause.reason = reason;
             }
             None => {
                 let backoff = Duration::from_millis(500);
                 tracing::warn!(target: "daemon", %reason, "intake paused; nothing is dropped, retrying with backoff");
                 self.pause = Some(Pause {
+                    cause,
+                    since: crate::ledger::now(),
                     reason,
                     until: Instant::now() + backoff,
                     backoff,
@@ -665,6 +740,14 @@ impl<E: Engine> Daemon<E> {
             }
         }
     }
+}
+
+/// Whether the last daemon on this state folder stopped without recording a
+/// clean stop (only once a ledger exists: a first start is clean). Consumes the record.
+fn unclean_stop(state: &std::path::Path) -> bool {
+    let marker = state.join(CLEAN_STOP_FILE);
+    let clean = std::fs::remove_file(&marker).is_ok();
+    !clean && state.join(crate::ledger::LEDGER_FILE).exists()
 }
 
 /// Removes temp files a killed writer left (`.NAME.tmp-PID`, see

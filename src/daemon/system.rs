@@ -80,6 +80,16 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
     Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
 }
 
+/// Whether this process may write into the folder at `path` (access(2), W_OK).
+pub fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: the path is NUL-terminated and outlives the call.
+    unsafe { libc::access(c_path.as_ptr(), libc::W_OK) == 0 }
+}
+
 /// Whether an I/O error is the environment's fault (full disk, read-only or
 /// missing mount, permissions): such errors pause intake and are retried;
 /// they never quarantine data.

@@ -6,10 +6,12 @@
 use super::engine::Engine;
 use super::system;
 use crate::fsutil;
+use crate::metrics;
 use crate::quarantine::{Rejection, Stage};
 use crossbeam_channel::{Receiver, Sender};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub struct DeidTask<E: Engine> {
     pub job: i64,
@@ -116,14 +118,18 @@ pub fn deid_worker<E: Engine>(
 ) {
     for task in tasks {
         let (job, instance) = (task.job, task.instance);
+        let metrics = crate::metrics::get();
+        let started = Instant::now();
         let encoded = task
             .engine
             .deidentify(&task.pipeline, &task.path)
             .map_err(|rejection| (Stage::Deid, rejection))
             .and_then(|item| {
-                task.engine
-                    .encode(&item)
-                    .map_err(|rejection| (Stage::Output, rejection))
+                metrics.stage(metrics::Stage::Deid, started.elapsed().as_secs_f64());
+                let started = Instant::now();
+                let encoded = task.engine.encode(&item);
+                metrics.stage(metrics::Stage::Encode, started.elapsed().as_secs_f64());
+                encoded.map_err(|rejection| (Stage::Output, rejection))
             });
         let kind = match encoded {
             Err((stage, rejection)) => OutcomeKind::Rejected(stage, rejection),
@@ -167,7 +173,10 @@ pub fn output_worker(tasks: Receiver<OutputTask>, outbox: PathBuf, outcomes: Sen
 
 /// Writes an output and says how that went.
 fn written(outbox: &Path, relative: PathBuf, bytes: &[u8]) -> OutcomeKind {
-    match write_output(outbox, &relative, bytes) {
+    let started = Instant::now();
+    let result = write_output(outbox, &relative, bytes);
+    metrics::get().stage(metrics::Stage::Write, started.elapsed().as_secs_f64());
+    match result {
         Ok(()) => OutcomeKind::Written(relative),
         Err(error) => OutcomeKind::EnvironmentFault(format!("writing to the outbox failed: {error}")),
     }

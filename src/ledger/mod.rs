@@ -742,6 +742,14 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 
+    /// The most recent study jobs (not quarantines), newest first.
+    pub fn recent_studies(&self, limit: u32) -> Result<Vec<Job>, LedgerError> {
+        self.query_jobs(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE reason_code IS NULL ORDER BY id DESC LIMIT ?1"),
+            params![limit],
+        )
+    }
+
     /// The most recent quarantine jobs, newest first.
     pub fn recent_quarantines(&self, limit: u32) -> Result<Vec<Job>, LedgerError> {
         self.query_jobs(

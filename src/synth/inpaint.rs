@@ -125,6 +125,7 @@ pub fn denoise(
     while index < steps {
         let t = timesteps[index];
         let seconds = session.run(&mut buffers, &x, t, index)?;
+        crate::metrics::onnx_batch(session.provider.name(), seconds);
         timing.ort_seconds += seconds;
         let slot = index.min(timing.per_step.len().saturating_sub(1));
         timing.per_step[slot] += seconds;

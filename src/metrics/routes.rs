@@ -1,0 +1,184 @@
+//! What the listener serves: `/metrics`, `/healthz`, `/readyz` and `/`.
+//! GET only (405 otherwise), 404 for any other path.
+
+use super::http::{self, Limits, Request, Response};
+use super::{get, lock, page, Metrics, StateLabel};
+use crate::ledger::{InstanceState, Job, JobState, Ledger, LEDGER_FILE};
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The coordinator turns at least every 50 ms when idle; this long without
+/// a turn means it is stuck (systemd's watchdog would act soon after).
+const STALLED_AFTER: Duration = Duration::from_secs(30);
+/// Ledger figures are read at most this often, however many clients ask.
+const LEDGER_REFRESH: Duration = Duration::from_secs(1);
+
+/// Serves the metrics, health and status page on `listener` from a thread
+/// of its own.
+pub fn serve(listener: TcpListener, limits: Limits) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("metrics".to_string()).spawn(move || {
+        let mut site = Site::default();
+        http::serve_forever(listener, limits, move |request| site.route(request));
+    })
+}
+
+/// What the ledger says, read through the listener's own connection.
+#[derive(Debug, Default, Clone)]
+pub(super) struct LedgerView {
+    pub jobs: Vec<(JobState, u64)>,
+    pub instances: Vec<(InstanceState, u64)>,
+    /// (study key, seconds waiting).
+    pub oldest_waiting: Option<(String, f64)>,
+    pub recent_studies: Vec<Job>,
+    pub recent_quarantines: Vec<Job>,
+    /// Why the ledger could not be read, if it could not.
+    pub problem: Option<String>,
+}
+
+#[derive(Default)]
+struct Site {
+    ledger: Option<Ledger>,
+    view: Option<(Instant, LedgerView)>,
+}
+
+impl Site {
+    fn route(&mut self, request: &Request) -> Response {
+        if request.method != "GET" {
+            return Response::text(405, "only GET is served here\n").with_header("Allow", "GET");
+        }
+        match request.path.as_str() {
+            "/metrics" => self.metrics(),
+            "/healthz" => healthz(get()),
+            "/readyz" => readyz(get()),
+            "/" => {
+                let view = self.ledger_view();
+                Response::new(200, "text/html; charset=utf-8", page::render(get(), &view)).with_header(
+                    "Content-Security-Policy",
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                )
+            }
+            _ => Response::text(404, "not found; try /metrics, /healthz, /readyz or /\n"),
+        }
+    }
+
+    fn metrics(&mut self) -> Response {
+        let view = self.ledger_view();
+        let metrics = get();
+        for (state, n) in &view.jobs {
+            metrics
+                .ledger_jobs
+                .get_or_create(&StateLabel { state: state.as_str() })
+                .set(*n as i64);
+        }
+        for (state, n) in &view.instances {
+            metrics
+                .ledger_instances
+                .get_or_create(&StateLabel { state: state.as_str() })
+                .set(*n as i64);
+        }
+        metrics
+            .oldest_waiting
+            .set(view.oldest_waiting.as_ref().map_or(0.0, |(_, age)| *age));
+        metrics.last_turn_age.set(last_turn_age(metrics).as_secs_f64());
+        let mut text = String::with_capacity(16 * 1024);
+        match prometheus_client::encoding::prometheus_text::encode(&mut text, &metrics.registry) {
+            Ok(()) => Response::new(200, prometheus_client::encoding::prometheus_text::CONTENT_TYPE, text),
+            Err(_) => Response::text(500, "cannot encode the metrics\n"),
+        }
+    }
+
+    /// The ledger figures, at most `LEDGER_REFRESH` old.
+    fn ledger_view(&mut self) -> LedgerView {
+        if let Some((at, view)) = &self.view {
+            if at.elapsed() < LEDGER_REFRESH {
+                return view.clone();
+            }
+        }
+        let view = self.read_ledger().unwrap_or_else(|problem| LedgerView {
+            problem: Some(problem),
+            ..LedgerView::default()
+        });
+        self.view = Some((Instant::now(), view.clone()));
+        view
+    }
+
+    fn read_ledger(&mut self) -> Result<LedgerView, String> {
+        if self.ledger.is_none() {
+            let state_dir = lock(&get().live.state_dir).clone().ok_or("the daemon is starting")?;
+            if !state_dir.join(LEDGER_FILE).is_file() {
+                return Err("no ledger yet".to_string());
+            }
+            self.ledger = Some(Ledger::open_existing(&state_dir).map_err(|e| e.to_string())?);
+        }
+        let ledger = self.ledger.as_ref().ok_or("no ledger")?;
+        let read = || -> Result<LedgerView, crate::ledger::LedgerError> {
+            let now = crate::ledger::now();
+            Ok(LedgerView {
+                jobs: ledger.job_counts()?,
+                instances: ledger.instance_counts()?,
+                oldest_waiting: ledger
+                    .oldest_waiting()?
+                    .map(|(study, since)| (study, (now - since).max(0.0))),
+                recent_studies: ledger.recent_studies(15)?,
+                recent_quarantines: ledger.recent_quarantines(10)?,
+                problem: None,
+            })
+        };
+        read().map_err(|error| {
+            // Reopened at the next refresh.
+            self.ledger = None;
+            error.to_string()
+        })
+    }
+}
+
+fn last_turn_age(metrics: &Metrics) -> Duration {
+    let last = Duration::from_millis(metrics.live.last_turn_ms.load(Ordering::Relaxed));
+    metrics.started.elapsed().saturating_sub(last)
+}
+
+/// Alive, and the coordinator loop turns.
+fn healthz(metrics: &Metrics) -> Response {
+    if lock(&metrics.live.state_dir).is_none() {
+        return Response::text(503, "starting: the daemon has not opened its ledger yet\n");
+    }
+    let age = last_turn_age(metrics);
+    let turns = metrics.turns.get();
+    if age > STALLED_AFTER {
+        return Response::text(
+            503,
+            format!(
+                "stalled: the coordinator loop has not turned for {:.0} s ({turns} turns)\n",
+                age.as_secs_f64()
+            ),
+        );
+    }
+    Response::text(
+        200,
+        format!(
+            "ok: coordinator loop turned {turns} times, last {} ms ago\n",
+            age.as_millis()
+        ),
+    )
+}
+
+/// Config loaded, outbox writable, intake not paused.
+fn readyz(metrics: &Metrics) -> Response {
+    let mut problems = Vec::new();
+    if lock(&metrics.live.state_dir).is_none() {
+        problems.push("config not loaded yet".to_string());
+    }
+    if !metrics.live.outbox_writable.load(Ordering::Relaxed) {
+        problems.push("the outbox is not writable".to_string());
+    }
+    if let Some(pause) = lock(&metrics.live.pause).as_ref() {
+        problems.push(format!("intake paused ({}): {}", pause.cause, pause.reason));
+    }
+    if problems.is_empty() {
+        Response::text(200, "ready: config loaded, outbox writable, intake running\n")
+    } else {
+        Response::text(503, format!("not ready: {}\n", problems.join("; ")))
+    }
+}
