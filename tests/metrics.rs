@@ -227,3 +227,33 @@ fn slow_and_hostile_clients_cannot_stall_the_listener() {
     assert_eq!(get(port, "/healthz").unwrap().status, 200);
     daemon.stop();
 }
+
+#[test]
+fn a_start_after_a_kill_is_reported_unclean_and_one_after_a_stop_is_not() {
+    let (layout, port) = metrics_layout();
+    let up = |what: &str| {
+        wait_until(Duration::from_secs(20), what, || {
+            get(port, "/healthz").is_some_and(|r| r.status == 200)
+        })
+    };
+    let first = layout.start(&[]);
+    up("the first start");
+    assert_eq!(
+        value(&scrape(port), "synthd_unclean_start"),
+        0.0,
+        "a first start is clean"
+    );
+    first.kill9();
+
+    let second = layout.start(&[]);
+    up("the start after a kill");
+    let after_kill = scrape(port);
+    assert_eq!(value(&after_kill, "synthd_unclean_start"), 1.0);
+    assert!(value(&after_kill, "synthd_start_time_seconds") > 1.0e9);
+    assert!(second.stop().success());
+
+    let third = layout.start(&[]);
+    up("the start after a stop");
+    assert_eq!(value(&scrape(port), "synthd_unclean_start"), 0.0);
+    third.stop();
+}

@@ -303,7 +303,11 @@ impl<E: Engine> Daemon<E> {
             }
         }
         sweep_stale_temporaries(&daemon.config.paths.outbox);
-        crate::metrics::get().attach(daemon.config.paths.state.clone(), unclean);
+        let outbox = &daemon.config.paths.outbox;
+        let metrics = crate::metrics::get();
+        // Before attaching: /readyz answers from the first moment it can.
+        metrics.outbox(system::free_space(outbox).unwrap_or(0), system::writable(outbox));
+        metrics.attach(daemon.config.paths.state.clone(), unclean);
         daemon.publish_pipelines();
         daemon.resume()?;
         Ok(daemon)
