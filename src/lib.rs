@@ -18,4 +18,5 @@ pub mod output;
 pub mod phi;
 pub mod quarantine;
 pub mod runtime;
+pub mod shard;
 pub mod synth;

@@ -95,6 +95,23 @@ enum Command {
         /// Where inputs that cannot be handled go, outside OUTPUT [default: OUTPUT-quarantine beside OUTPUT].
         #[arg(long)]
         quarantine: Option<PathBuf>,
+        /// Take only shard INDEX of COUNT (INDEX from 0) of the studies [default: from
+        /// SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX, else 0/1]; docs/scale-out.md.
+        #[arg(long, value_name = "INDEX/COUNT")]
+        shard: Option<String>,
+        /// The shard count for an index taken from the environment [default:
+        /// $SYNTHD_SHARD_COUNT, else $SLURM_ARRAY_TASK_COUNT].
+        #[arg(long, value_name = "COUNT")]
+        shard_count: Option<u32>,
+    },
+    /// Merge the shards of `synthd process` runs into one dataset: manifest.jsonl/.csv and dataset.json.
+    Merge {
+        /// Output folders of `synthd process` (usually one, shared by all shards).
+        #[arg(required = true)]
+        outputs: Vec<PathBuf>,
+        /// Where the dataset manifest and card go [default: the first OUTPUT].
+        #[arg(long)]
+        into: Option<PathBuf>,
     },
     /// Write a fresh site key (32 random bytes, mode 0600) to FILE; never overwrites.
     Keygen { file: PathBuf },
@@ -240,6 +257,8 @@ fn main() -> ExitCode {
             key_file,
             config,
             quarantine,
+            shard,
+            shard_count,
         } => commands::process::run(commands::process::ProcessArgs {
             pipeline,
             input,
@@ -247,7 +266,10 @@ fn main() -> ExitCode {
             key_file,
             config,
             quarantine,
+            shard,
+            shard_count,
         }),
+        Command::Merge { outputs, into } => commands::merge::run(&outputs, into.as_deref()),
         Command::Run { config, allow_root } => commands::run::run(&config::config_path(config.as_deref()), allow_root),
         Command::Status { config, json } => commands::status::run(&config::config_path(config.as_deref()), json),
         Command::Requeue { job, all, config } => {

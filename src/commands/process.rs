@@ -1,19 +1,29 @@
-//! `synthd process --pipeline P --input DIR --output DIR`: the one-shot batch
-//! run (scheduled overnight dataset generation, and the demo). Produces the
-//! same files as the daemon for the same input; studies already finished by
-//! an earlier run are skipped, so an interrupted run resumes.
+//! `synthd process --pipeline P --input DIR --output DIR [--shard I/N]`: the
+//! one-shot batch run (scheduled overnight dataset generation, the demo, one
+//! task of a Slurm array or Kubernetes Indexed Job). Produces the same files
+//! as the daemon for the same input. Its state is the shard's SQLite ledger
+//! (`ledger::shard`) under the output: studies already written by an earlier
+//! run are skipped, so an interrupted run resumes.
+//!
+//! Shards share one output tree: each writes only its own studies' folders
+//! (disjoint by construction, `shard.rs`), its own ledger and its own
+//! provider cache, so N processes never write one file. A study's files do
+//! not depend on the shard count.
 
+use super::progress::Progress;
 use crate::config::pipeline::LoadedPipeline;
 use crate::deid::{self, Deidentified, Deidentifier};
 use crate::fsutil;
 use crate::keyfile::SiteKey;
+use crate::ledger::shard::{RunRecord, ShardLedger, ShardLedgerError, StudyCounts, SHARDS_DIR};
 use crate::output::study::{write_study, SourceWrites, StudyContext, StudyReport};
 use crate::phi::StudyKey;
-use crate::quarantine::{self, InputRecord, ReasonCode, Rejection, Stage};
+use crate::quarantine::{self, InputRecord, Rejection, Stage};
 use crate::runtime;
+use crate::shard::{self, Shard};
 use crate::synth::{Engine, EngineOptions};
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,12 +34,24 @@ pub struct ProcessArgs {
     pub output: PathBuf,
     pub key_file: Option<PathBuf>,
     pub config: Option<PathBuf>,
+    /// `--shard I/N`.
+    pub shard: Option<String>,
+    /// `--shard-count N`, for an index from the environment.
+    pub shard_count: Option<u32>,
     /// Where inputs that cannot be handled go [default: OUTPUT-quarantine].
     pub quarantine: Option<PathBuf>,
 }
 
 pub fn run(args: ProcessArgs) -> Result<i32> {
     let started = Instant::now();
+    // Before anything is read or written: a bad shard is a usage error.
+    let shard = match shard::resolve(args.shard.as_deref(), args.shard_count, |name| std::env::var(name).ok()) {
+        Ok(shard) => shard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(2);
+        }
+    };
     let pipeline = LoadedPipeline::load(&args.pipeline)
         .map_err(|problems| anyhow::anyhow!("{problems}"))
         .with_context(|| format!("process: invalid pipeline {}", args.pipeline.display()))?;
@@ -48,10 +70,14 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
     let key = SiteKey::read(&key_file)
         .map_err(anyhow::Error::msg)
         .context("process: key file")?;
+    if let Some(problem) = other_shard_counts(&args.output, shard)? {
+        eprintln!("error: {problem}");
+        return Ok(2);
+    }
     let deidentifier =
         Deidentifier::new(key.clone(), &pipeline.pipeline.deid).context("process: de-identification profile")?;
     // Quarantined originals keep their identifiers: never under the output,
-    // which is what gets shared.
+    // which is what gets shared. Shards share it like the output.
     let quarantine_dir = args
         .quarantine
         .clone()
@@ -64,7 +90,22 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         );
     }
     let state_dir = args.output.join(".synthd");
-    fsutil::create_private_dir(&state_dir)
+    let engine = load_engine(&pipeline, config.as_ref(), &state_dir, shard)?;
+    let run = RunRecord {
+        shard_index: shard.index,
+        shard_count: shard.count,
+        pipeline_name: pipeline.name().to_string(),
+        pipeline_sha256: pipeline_sha256.clone(),
+        model_sha256: engine.as_ref().map(|e| e.model_sha256().to_string()),
+        key_id: key_id(&key),
+        seed: pipeline.pipeline.synth.as_ref().map(|s| s.seed),
+        variants: pipeline.pipeline.synth.as_ref().map(|s| s.variants),
+        synthd_version: env!("CARGO_PKG_VERSION").to_string(),
+        started: quarantine::now_rfc3339(),
+        finished: None,
+    };
+    let ledger_path = ShardLedger::path_in(&args.output, &shard.ledger_name());
+    fsutil::create_private_dir(ledger_path.parent().expect("under the output"))
         .with_context(|| format!("process: cannot create {}", state_dir.display()))?;
     let moved = quarantine::move_out_of_output(&args.output, &quarantine_dir).with_context(|| {
         format!(
@@ -79,102 +120,56 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
             quarantine_dir.display()
         );
     }
-
-    let engine = match (&pipeline.pipeline.synth, pipeline.model_path()) {
-        (Some(synth), Some(model)) => {
-            let library = config.as_ref().and_then(|c| c.onnxruntime_library.clone());
-            let runtime = runtime::init(library.as_deref()).context("process: ONNX Runtime")?;
-            let threads = config.as_ref().map_or(0, |c| c.raw.runtime.intra_op_threads);
-            let lanes = config.as_ref().map_or(1, |c| c.raw.runtime.inference_lanes);
-            let options = EngineOptions {
-                intra_op_threads: threads,
-                cache_dir: state_dir.join("provider-cache"),
-                lanes,
-            };
-            Some(
-                Engine::new(runtime, &model, synth, options)
-                    .with_context(|| format!("process: model {}", model.display()))?,
-            )
+    let ledger = ShardLedger::open(&ledger_path).context("process")?;
+    match ledger.begin_run(&run) {
+        Ok(()) => {}
+        Err(error @ ShardLedgerError::Mismatch { .. }) => {
+            eprintln!("error: {error}");
+            return Ok(2);
         }
-        _ => None,
-    };
-
-    // Read every input's header, choose by the pipeline on the original, and
-    // group by the original study (all of a study is written together).
-    let mut files = Vec::new();
-    collect(&args.input, &mut files).with_context(|| format!("process: cannot list {}", args.input.display()))?;
-    files.sort();
-    if files.is_empty() {
-        bail!("process: no input files under {}", args.input.display());
-    }
-    let roots = [args.input.clone()];
-    let refuse = |path: &Path, rejection: &Rejection, reasons: &mut BTreeMap<ReasonCode, usize>| {
-        let relative = InputRecord::relative_to(path, &roots);
-        *reasons.entry(rejection.code).or_default() += 1;
-        quarantine_file(&key, path, &relative, &quarantine_dir, rejection)
-    };
-    let mut studies: BTreeMap<StudyKey, Vec<PathBuf>> = BTreeMap::new();
-    let mut not_selected = 0usize;
-    let mut reasons: BTreeMap<ReasonCode, usize> = BTreeMap::new();
-    for file in &files {
-        match deid::read_header(file) {
-            Ok(header) => {
-                if deid::selection::pipeline_takes(&pipeline.pipeline, &header.header) {
-                    studies
-                        .entry(StudyKey::new(&key, header.study_instance_uid.expose()))
-                        .or_default()
-                        .push(file.clone());
-                } else {
-                    not_selected += 1;
-                }
-            }
-            Err(rejection) => refuse(file, &rejection, &mut reasons)?,
-        }
+        Err(error) => return Err(error).context("process"),
     }
 
-    let done_path = state_dir.join("done-studies.txt");
-    let mut done: BTreeSet<String> = std::fs::read_to_string(&done_path)
-        .map(|text| text.lines().map(str::to_string).collect())
-        .unwrap_or_default();
-    let tty = std::io::stderr().is_terminal();
-    let total = studies.len();
+    let refused = Quarantine {
+        key: &key,
+        dir: &quarantine_dir,
+        roots: std::slice::from_ref(&args.input),
+        ledger: &ledger,
+    };
+    let scan = scan(&args.input, &key, &pipeline, shard, &refused)?;
+    ledger.set_not_selected(scan.not_selected as u64).context("process")?;
+    let mut to_do = Vec::new();
+    for (study_key, paths) in &scan.studies {
+        if !ledger.is_written(study_key.as_str()).context("process")? {
+            to_do.push((study_key, paths));
+        }
+    }
+    let resumed = scan.studies.len() - to_do.len();
+    let mut progress = Progress::new(to_do.len(), std::io::stderr().is_terminal(), shard.to_string());
+    let context = StudyContext {
+        key: &key,
+        pipeline: &pipeline,
+        pipeline_sha256: pipeline_sha256.clone(),
+        engine: engine.as_ref(),
+    };
     let mut totals = StudyReport::default();
-    let mut resumed = 0usize;
-    for (index, (study_key, paths)) in studies.iter().enumerate() {
-        if done.contains(study_key.as_str()) {
-            resumed += 1;
-            continue;
-        }
-        progress(tty, index, total, study_key, paths.len());
-        let mut instances: Vec<Deidentified> = Vec::with_capacity(paths.len());
-        for path in paths {
-            match deidentifier.deidentify_file(path) {
-                Ok(instance) => instances.push(instance),
-                Err(rejection) => refuse(path, &rejection, &mut reasons)?,
-            }
-        }
-        let context = StudyContext {
-            key: &key,
-            pipeline: &pipeline,
-            pipeline_sha256: pipeline_sha256.clone(),
-            engine: engine.as_ref(),
-        };
-        let report = write_study(&context, &instances, &args.output, SourceWrites::Write)
-            .with_context(|| format!("process: output stage, study {study_key}"))?;
-        for reason in &report.skipped_series {
-            tracing::warn!(stage = "synth", study = %study_key, "not synthesized: {reason}");
-        }
+    for (study_key, paths) in to_do {
+        let study_started = Instant::now();
+        let report = process_study(&context, &deidentifier, &refused, study_key, paths, &args.output)?;
+        let written = (report.source_instances + report.synthetic_instances + report.seg_instances) as u64;
+        progress.study_done(study_key, paths.len(), written, study_started.elapsed().as_secs_f64());
         add(&mut totals, &report);
-        done.insert(study_key.as_str().to_string());
-        let text: String = done.iter().map(|s| format!("{s}\n")).collect();
-        fsutil::write_atomic(&done_path, text.as_bytes(), 0o640).context("process: cannot record progress")?;
     }
-    if tty && total > 0 {
-        eprintln!();
-    }
+    progress.finish();
+    ledger.finish_run(&quarantine::now_rfc3339()).context("process")?;
+    let reasons = ledger.quarantines_by_reason().context("process")?;
+    let quarantined: u64 = reasons.values().sum();
     let elapsed = started.elapsed().as_secs_f64();
     println!("synthd process: pipeline {}", pipeline.name());
-    println!("  studies     {total} ({resumed} already done by an earlier run)");
+    println!(
+        "  studies     {} ({resumed} already done by an earlier run)",
+        scan.studies.len()
+    );
     println!(
         "  series      {} synthetic, {} not synthesized",
         totals.synthetic_series,
@@ -184,9 +179,12 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         "  instances   {} synthetic, {} de-identified source, {} SEG, {} preview(s)",
         totals.synthetic_instances, totals.source_instances, totals.seg_instances, totals.previews
     );
-    let quarantined: usize = reasons.values().sum();
-    println!("  skipped     {not_selected} not selected by the pipeline, {quarantined} quarantined");
+    println!(
+        "  skipped     {} not selected by the pipeline, {quarantined} quarantined",
+        scan.not_selected
+    );
     println!("  written to  {}", args.output.display());
+    println!("  shard       {shard} (ledger {})", ledger_path.display());
     match &engine {
         Some(engine) => println!("  provider    {}", engine.provider().name()),
         None => println!("  provider    none (de-identify and forward)"),
@@ -209,6 +207,152 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// A second `synthd process` with a different shard count writing into the
+/// same output would split the studies differently: some would be in two
+/// shards. Refused before anything is written.
+fn other_shard_counts(output: &Path, shard: Shard) -> Result<Option<String>> {
+    let dir = output.join(SHARDS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("process: cannot list {}", dir.display())),
+    };
+    let suffix = format!("-of-{:04}.sqlite", shard.count);
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("shard-") && name.ends_with(".sqlite") && !name.ends_with(&suffix) {
+            return Ok(Some(format!(
+                "{} holds {name}, a shard of a run with another shard count than {}; \
+                 shards of one output must all use the same count (use a fresh --output, or re-run with that count)",
+                dir.display(),
+                shard.count
+            )));
+        }
+    }
+    Ok(None)
+}
+
+fn load_engine(
+    pipeline: &LoadedPipeline,
+    config: Option<&crate::config::Config>,
+    state_dir: &Path,
+    shard: Shard,
+) -> Result<Option<Engine>> {
+    let (Some(synth), Some(model)) = (&pipeline.pipeline.synth, pipeline.model_path()) else {
+        return Ok(None);
+    };
+    let library = config.and_then(|c| c.onnxruntime_library.clone());
+    let runtime = runtime::init(library.as_deref()).context("process: ONNX Runtime")?;
+    // Shards in one output tree never write one TensorRT cache file at once.
+    let mut cache_dir = state_dir.join("provider-cache");
+    if shard.count > 1 {
+        cache_dir = cache_dir.join(shard.ledger_name().trim_end_matches(".sqlite"));
+    }
+    let options = EngineOptions {
+        intra_op_threads: config.map_or(0, |c| c.raw.runtime.intra_op_threads),
+        cache_dir,
+        lanes: config.map_or(1, |c| c.raw.runtime.inference_lanes),
+    };
+    Engine::new(runtime, &model, synth, options)
+        .map(Some)
+        .with_context(|| format!("process: model {}", model.display()))
+}
+
+/// A keyed digest that names the site key in ledgers and dataset cards, so
+/// shards made with different keys are told apart; it reveals nothing of it.
+pub fn key_id(key: &SiteKey) -> String {
+    let digest = crate::phi::keyed_digest(key, "synthd/key-id", &[]);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("key-{hex}")
+}
+
+/// This shard's studies (by keyed study id), and what it skipped.
+struct Scan {
+    studies: BTreeMap<StudyKey, Vec<PathBuf>>,
+    not_selected: usize,
+}
+
+/// Reads every input's header and keeps this shard's studies, chosen by the
+/// pipeline on the original header; quarantines this shard's unreadable inputs.
+fn scan(
+    input: &Path,
+    key: &SiteKey,
+    pipeline: &LoadedPipeline,
+    shard: Shard,
+    quarantine: &Quarantine<'_>,
+) -> Result<Scan> {
+    let mut files = Vec::new();
+    collect(input, &mut files).with_context(|| format!("process: cannot list {}", input.display()))?;
+    files.sort();
+    if files.is_empty() {
+        bail!("process: no input files under {}", input.display());
+    }
+    let mut scan = Scan {
+        studies: BTreeMap::new(),
+        not_selected: 0,
+    };
+    for file in &files {
+        match deid::read_header(file) {
+            Ok(header) => {
+                let study = StudyKey::new(key, header.study_instance_uid.expose());
+                if !shard.owns_study(&study) {
+                    continue;
+                }
+                if deid::selection::pipeline_takes(&pipeline.pipeline, &header.header) {
+                    scan.studies.entry(study).or_default().push(file.clone());
+                } else {
+                    scan.not_selected += 1;
+                }
+            }
+            Err(rejection) if shard.owns_unreadable(key, file) => quarantine.file(file, &rejection, None)?,
+            Err(_) => {}
+        }
+    }
+    Ok(scan)
+}
+
+/// De-identifies and writes one study, recorded `writing` before its first
+/// output and `written` once all are durable.
+fn process_study(
+    context: &StudyContext<'_>,
+    deidentifier: &Deidentifier,
+    quarantine: &Quarantine<'_>,
+    study_key: &StudyKey,
+    paths: &[PathBuf],
+    output: &Path,
+) -> Result<StudyReport> {
+    let ledger = quarantine.ledger;
+    ledger
+        .begin_study(study_key.as_str(), paths.len() as u64)
+        .context("process")?;
+    let mut instances: Vec<Deidentified> = Vec::with_capacity(paths.len());
+    for path in paths {
+        match deidentifier.deidentify_file(path) {
+            Ok(instance) => instances.push(instance),
+            Err(rejection) => quarantine.file(path, &rejection, Some(study_key))?,
+        }
+    }
+    let report = write_study(context, &instances, output, SourceWrites::Write)
+        .with_context(|| format!("process: output stage, study {study_key}"))?;
+    for reason in &report.skipped_series {
+        tracing::warn!(stage = "synth", study = %study_key, "not synthesized: {reason}");
+    }
+    let counts = StudyCounts {
+        folder: instances.first().map(|i| i.study_uid.clone()).unwrap_or_default(),
+        inputs: paths.len() as u64,
+        source: report.source_instances as u64,
+        synthetic: report.synthetic_instances as u64,
+        seg: report.seg_instances as u64,
+        previews: report.previews as u64,
+        synthetic_series: report.synthetic_series as u64,
+        series_not_synthesized: report.skipped_series.len() as u64,
+    };
+    ledger
+        .study_written(study_key.as_str(), &counts)
+        .context("process: cannot record progress")?;
+    Ok(report)
+}
+
 fn add(totals: &mut StudyReport, report: &StudyReport) {
     totals.source_instances += report.source_instances;
     totals.synthetic_series += report.synthetic_series;
@@ -218,21 +362,6 @@ fn add(totals: &mut StudyReport, report: &StudyReport) {
     totals.skipped_series.extend(report.skipped_series.iter().cloned());
     totals.ort_seconds += report.ort_seconds;
     totals.synth_seconds += report.synth_seconds;
-}
-
-fn progress(tty: bool, index: usize, total: usize, study: &StudyKey, instances: usize) {
-    if tty {
-        let width = 30;
-        let filled = (index * width) / total.max(1);
-        eprint!(
-            "\r[{}{}] study {}/{total} {study} ({instances} instances)",
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            index + 1
-        );
-    } else {
-        eprintln!("progress: study {}/{total} {study} ({instances} instances)", index + 1);
-    }
 }
 
 fn collect(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -247,25 +376,40 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn quarantine_file(
-    key: &SiteKey,
-    path: &Path,
-    relative: &Path,
-    quarantine_dir: &Path,
-    rejection: &Rejection,
-) -> Result<()> {
-    quarantine::quarantine_copy(
-        key,
-        path,
-        relative,
-        quarantine_dir,
-        rejection,
-        Stage::Deid,
-        quarantine::Durability::Immediate,
-    )
-    .with_context(|| format!("process: cannot quarantine into {}", quarantine_dir.display()))?;
-    tracing::warn!(stage = "deid", reason = %rejection.code, "quarantined an input");
-    Ok(())
+/// Where refused inputs go, and the ledger that records them.
+struct Quarantine<'a> {
+    key: &'a SiteKey,
+    dir: &'a Path,
+    /// Input roots, for the relative path reason.json records.
+    roots: &'a [PathBuf],
+    ledger: &'a ShardLedger,
+}
+
+impl Quarantine<'_> {
+    /// Copies the input and its reason durably, then records it (by its
+    /// quarantine folder, a keyed digest of its path: a re-run records it once).
+    fn file(&self, path: &Path, rejection: &Rejection, study: Option<&StudyKey>) -> Result<()> {
+        let relative = InputRecord::relative_to(path, self.roots);
+        let dir = quarantine::quarantine_copy(
+            self.key,
+            path,
+            &relative,
+            self.dir,
+            rejection,
+            Stage::Deid,
+            quarantine::Durability::Immediate,
+        )
+        .with_context(|| format!("process: cannot quarantine into {}", self.dir.display()))?;
+        let folder = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.ledger
+            .quarantined(&folder, study.map(StudyKey::as_str), rejection.code.as_str(), &folder)
+            .context("process")?;
+        tracing::warn!(stage = "deid", reason = %rejection.code, "quarantined an input");
+        Ok(())
+    }
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {

@@ -9,6 +9,7 @@
 //! folder is private (0750) like the work and archive folders.
 
 pub mod lock;
+pub mod shard;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};

@@ -84,3 +84,102 @@ pub fn process_demo(pipeline: &Path, output: &Path, key: &Path) -> String {
     assert_eq!(result.status.code(), Some(0), "{stdout}{}", stderr(&result));
     stdout
 }
+
+/// `count` copies of the demo study as distinct studies (new UIDs, own
+/// Patient ID) under `dir/study-KKK/`, each with its first `slices` MR
+/// slices and the SEG (fixtures/dicom/make_studies.py).
+pub fn make_studies(dir: &Path, count: usize, slices: usize) -> PathBuf {
+    let output = Command::new(python())
+        .arg(repo("fixtures/dicom/make_studies.py"))
+        .arg(dir)
+        .arg(count.to_string())
+        .args(["--slices", &slices.to_string()])
+        .output()
+        .expect("python with pydicom runs (scripts/setup.sh installs it)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    dir.to_path_buf()
+}
+
+/// A key file with fixed bytes, so which shard owns which study is the
+/// same on every run of a test.
+pub fn fixed_key(dir: &Path, byte: u8) -> PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(format!("fixed-{byte}.key"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    file.write_all(&[byte; 32]).unwrap();
+    path
+}
+
+/// Every file under `root` except synthd's own state (`.synthd/`) and the
+/// dataset card, by relative path, with its bytes; in manifests the
+/// timings (`ort_seconds`, `total_seconds`), which differ from run to run,
+/// are left out.
+pub fn dataset_files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    files_under(root)
+        .into_iter()
+        .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+        .filter(|p| !p.starts_with(".synthd") && p != Path::new("dataset.json"))
+        .map(|p| {
+            let bytes = std::fs::read(root.join(&p)).unwrap();
+            let bytes = match p.file_name().and_then(|n| n.to_str()) {
+                Some("manifest.jsonl") => without_timings_jsonl(&bytes),
+                Some("manifest.csv") => without_timings_csv(&bytes),
+                _ => bytes,
+            };
+            (p, bytes)
+        })
+        .collect()
+}
+
+fn without_timings_jsonl(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in String::from_utf8_lossy(bytes).lines() {
+        let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let object = row.as_object_mut().unwrap();
+        object.remove("ort_seconds");
+        object.remove("total_seconds");
+        out.extend(serde_json::to_vec(&row).unwrap());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn without_timings_csv(bytes: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(',').collect();
+        out.push_str(&fields[..fields.len().saturating_sub(2)].join(","));
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// Asserts two dataset trees hold the same files with the same bytes,
+/// naming the first difference (never printing the bytes).
+pub fn assert_same_files(a: &Path, b: &Path) {
+    let (x, y) = (dataset_files(a), dataset_files(b));
+    let names = |files: &[(PathBuf, Vec<u8>)]| files.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&x),
+        names(&y),
+        "{} and {} hold different files",
+        a.display(),
+        b.display()
+    );
+    for ((path, p), (_, q)) in x.iter().zip(&y) {
+        assert!(
+            p == q,
+            "{} differs between {} and {}",
+            path.display(),
+            a.display(),
+            b.display()
+        );
+    }
+}
