@@ -224,12 +224,12 @@ mod tests {
             resolve(
                 None,
                 None,
-                &env(&[("JOB_COMPLETION_INDEX", "x"), ("SYNTHD_SHARD_COUNT", "2")])
+                env(&[("JOB_COMPLETION_INDEX", "x"), ("SYNTHD_SHARD_COUNT", "2")])
             ),
             Err(ShardError::BadIndex { .. })
         ));
-        assert_eq!(resolve(None, None, &env(&[])).unwrap(), Shard::ONE);
-        assert_eq!(resolve(None, Some(3), &env(&[])), Err(ShardError::NoIndex));
+        assert_eq!(resolve(None, None, env(&[])).unwrap(), Shard::ONE);
+        assert_eq!(resolve(None, Some(3), env(&[])), Err(ShardError::NoIndex));
     }
 
     #[test]

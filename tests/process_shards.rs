@@ -204,7 +204,8 @@ fn bad_shard_input_is_refused_before_anything_is_written() {
     let pipeline = repo("pipelines/deid-only.toml");
     let input = repo("fixtures/dicom/demo");
     let output = dir.path().join("out");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["--shard", "5/4"], vec![], "out of range for 4 shard(s)"),
         (vec!["--shard", "0/0"], vec![], "count must be at least 1"),
         (vec!["--shard", "1"], vec![], "is not INDEX/COUNT"),
