@@ -9,8 +9,10 @@ cd "$root"
 # dcmtk (dcmdump, storescu, storescp), dicom3tools (dciodvfy), gdcm (gdcmdump,
 # gdcmanon), systemd (systemd-analyze), orthanc and curl (the PACS the network tests talk to, and its REST API),
 # chromium (the status page test loads it headless), prometheus (its promtool
-# checks /metrics and deploy/prometheus/ rules; the server it brings is not used).
-packages=(dcmtk dicom3tools libgdcm-tools systemd python3-venv orthanc curl chromium prometheus)
+# checks /metrics and deploy/prometheus/ rules; the server it brings is not used),
+# Slurm and munge (tests/slurm_cluster.rs runs deploy/slurm/ on a one-node cluster).
+packages=(dcmtk dicom3tools libgdcm-tools systemd python3-venv orthanc curl chromium prometheus
+  slurmctld slurmd slurm-client munge)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

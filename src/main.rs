@@ -1,5 +1,6 @@
 //! The `synthd` command line. Errors are reported here, with context naming
-//! the file and stage; exit codes: 0 ok, 1 failure, 2 usage or invalid config.
+//! the file and stage; exit codes: 0 ok, 1 failure, 2 usage or invalid config;
+//! `process` exits 3 when it finished with some inputs quarantined.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -76,6 +77,8 @@ enum Command {
         jobs: Option<usize>,
     },
     /// Run a pipeline once over a folder (overnight dataset generation, the demo); resumable.
+    ///
+    /// Exit codes: 0 done, 3 done with some inputs quarantined, 1 failure, 2 usage or invalid shard.
     Process {
         /// The pipeline file (pipelines/NAME.toml).
         #[arg(long)]

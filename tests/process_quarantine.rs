@@ -1,7 +1,8 @@
 //! `synthd process` keeps quarantined originals out of the output tree: no
 //! file under the output carries an original identifying value, the
 //! quarantine (beside the output, or where `--quarantine` says) names each
-//! input, and the run ends non-zero with a line counting quarantines by reason.
+//! input, and the run ends non-zero (3: finished, some inputs quarantined)
+//! with a line counting quarantines by reason.
 
 mod common;
 
@@ -101,7 +102,7 @@ fn no_file_under_the_output_carries_an_original_identifying_value() {
     std::fs::write(legacy.join("reason.json"), "{\"code\": \"truncated\"}\n").unwrap();
 
     let run = process(dir.path(), &input, &output, &[]);
-    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, Some(3), "{}{}", run.stdout, run.stderr);
     let quarantine = dir.path().join("out-quarantine");
     let line = format!(
         "quarantined 2 input(s) (not-dicom: 1, truncated: 1) in {}",
@@ -184,7 +185,7 @@ fn a_quarantine_inside_the_output_is_refused_before_anything_is_written() {
         &output,
         &["--quarantine", elsewhere.to_str().unwrap()],
     );
-    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, Some(3), "{}{}", run.stdout, run.stderr);
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 2);
     assert!(!dir.path().join("out-quarantine").exists());
 }

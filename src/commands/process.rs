@@ -202,10 +202,15 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         );
         println!("  {line}");
         eprintln!("process: {line}");
-        return Ok(1);
+        // 3, not 1: the run finished and its dataset can be merged; schedulers
+        // (Slurm's afterok, a Job's completions, systemd) count it a success.
+        return Ok(EXIT_QUARANTINED);
     }
     Ok(0)
 }
+
+/// Exit code of a run that finished with some inputs quarantined.
+pub const EXIT_QUARANTINED: i32 = 3;
 
 /// A second `synthd process` with a different shard count writing into the
 /// same output would split the studies differently: some would be in two
