@@ -26,6 +26,10 @@ pub enum ReasonCode {
     ModelFailure,
     InvalidPixelData,
     InvalidUid,
+    /// A study's SEG has a segment whose code matches no label plane of the model.
+    SegCodesUnmatched,
+    /// A synthetic series failed its fidelity check (`[synth.qc] on_fail = "quarantine"`).
+    SynthesisQcFailed,
 }
 
 impl ReasonCode {
@@ -64,6 +68,8 @@ impl ReasonCode {
             ReasonCode::ModelFailure => "model-failure",
             ReasonCode::InvalidPixelData => "invalid-pixel-data",
             ReasonCode::InvalidUid => "invalid-uid",
+            ReasonCode::SegCodesUnmatched => "seg-codes-unmatched",
+            ReasonCode::SynthesisQcFailed => "synthesis-qc-failed",
         }
     }
 }

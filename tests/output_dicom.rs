@@ -197,7 +197,7 @@ fn write_all() -> Written {
     let seg = seg::build_seg(
         &key,
         &frames,
-        &seg::SegmentMeaning::inpainted_region(),
+        &[seg::SegmentMeaning::inpainted_region()],
         &provenance,
         "2.25.88",
     )

@@ -171,10 +171,21 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         scan.studies.len()
     );
     println!(
-        "  series      {} synthetic, {} not synthesized",
+        "  series      {} synthetic ({} flagged by QC), {} not synthesized, {} quarantined",
         totals.synthetic_series,
-        totals.skipped_series.len()
+        totals.qc_flagged.len(),
+        totals.skipped_series.len(),
+        totals.quarantined_series.len()
     );
+    for (series, reason) in &totals.skipped_series {
+        println!("    not synthesized: series {series}: {reason}");
+    }
+    for (series, message) in &totals.qc_flagged {
+        println!("    flagged by QC: series {series}: {message}");
+    }
+    for (series, rejection) in &totals.quarantined_series {
+        println!("    quarantined: series {series}: {rejection}");
+    }
     println!(
         "  instances   {} synthetic, {} de-identified source, {} SEG, {} preview(s)",
         totals.synthetic_instances, totals.source_instances, totals.seg_instances, totals.previews
@@ -258,9 +269,18 @@ fn load_engine(
         cache_dir,
         lanes: config.map_or(1, |c| c.raw.runtime.inference_lanes),
     };
-    Engine::new(runtime, &model, synth, options)
-        .map(Some)
-        .with_context(|| format!("process: model {}", model.display()))
+    let engine =
+        Engine::new(runtime, &model, synth, options).with_context(|| format!("process: model {}", model.display()))?;
+    let problems = crate::output::series::check_pipeline(&pipeline.pipeline, engine.manifest());
+    if !problems.is_empty() {
+        bail!(
+            "process: pipeline {} and model {} disagree: {}",
+            pipeline.file.display(),
+            model.display(),
+            problems.join("; ")
+        );
+    }
+    Ok(Some(engine))
 }
 
 /// A keyed digest that names the site key in ledgers and dataset cards, so
@@ -339,8 +359,14 @@ fn process_study(
     }
     let report = write_study(context, &instances, output, SourceWrites::Write)
         .with_context(|| format!("process: output stage, study {study_key}"))?;
-    for reason in &report.skipped_series {
-        tracing::warn!(stage = "synth", study = %study_key, "not synthesized: {reason}");
+    for (series, reason) in &report.skipped_series {
+        tracing::warn!(stage = "synth", study = %study_key, "series {series} not synthesized: {reason}");
+    }
+    for (series, rejection) in &report.quarantined_series {
+        quarantine.series(series, rejection, study_key)?;
+    }
+    for (series, message) in &report.qc_flagged {
+        tracing::warn!(stage = "synth", study = %study_key, "series {series} flagged by QC: {message}");
     }
     let counts = StudyCounts {
         folder: instances.first().map(|i| i.study_uid.clone()).unwrap_or_default(),
@@ -365,6 +391,8 @@ fn add(totals: &mut StudyReport, report: &StudyReport) {
     totals.seg_instances += report.seg_instances;
     totals.previews += report.previews;
     totals.skipped_series.extend(report.skipped_series.iter().cloned());
+    totals.quarantined_series.extend(report.quarantined_series.iter().cloned());
+    totals.qc_flagged.extend(report.qc_flagged.iter().cloned());
     totals.ort_seconds += report.ort_seconds;
     totals.synth_seconds += report.synth_seconds;
 }
@@ -413,6 +441,19 @@ impl Quarantine<'_> {
             .quarantined(&folder, study.map(StudyKey::as_str), rejection.code.as_str(), &folder)
             .context("process")?;
         tracing::warn!(stage = "deid", reason = %rejection.code, "quarantined an input");
+        Ok(())
+    }
+
+    /// A synthetic series that is not written (its de-identified source is):
+    /// `<series>-synth/reason.json`, recorded like an input.
+    fn series(&self, series: &str, rejection: &Rejection, study: &StudyKey) -> Result<()> {
+        let folder = format!("{series}-synth");
+        quarantine::write_reason(&self.dir.join(&folder), rejection, Stage::Synth, None)
+            .with_context(|| format!("process: cannot quarantine into {}", self.dir.display()))?;
+        self.ledger
+            .quarantined(&folder, Some(study.as_str()), rejection.code.as_str(), &folder)
+            .context("process")?;
+        tracing::warn!(stage = "synth", study = %study, reason = %rejection.code, "series {series} quarantined: {}", rejection.message);
         Ok(())
     }
 }

@@ -71,6 +71,7 @@ pub fn snapshot(config: &Config) -> Result<Value> {
                 "instances": zero_counts(crate::ledger::InstanceState::ALL.map(|s| s.as_str())),
                 "oldest_waiting": null,
                 "recent_quarantines": [],
+                "qc_flagged": {"series": 0, "recent": []},
             }))
         }
     };
@@ -79,7 +80,12 @@ pub fn snapshot(config: &Config) -> Result<Value> {
     let oldest = ledger.oldest_waiting().context("status")?;
     let now = crate::ledger::now();
     let recent = ledger.recent_quarantines(RECENT).context("status")?;
+    let flags = crate::output::qc::read_flags(state);
     Ok(json!({
+        "qc_flagged": {
+            "series": flags.len(),
+            "recent": flags.iter().take(RECENT as usize).collect::<Vec<_>>(),
+        },
         "config": config.file,
         "ledger": ledger_path,
         "daemon": daemon,
@@ -128,6 +134,16 @@ fn print_text(status: &Value) {
             oldest["waiting_s"].as_f64().unwrap_or(0.0)
         ),
         None => println!("oldest waiting: none"),
+    }
+    let flagged = status["qc_flagged"]["series"].as_u64().unwrap_or(0);
+    println!("synthetic series flagged by QC (written; [synth.qc] on_fail = \"flag\"): {flagged}");
+    for flag in status["qc_flagged"]["recent"].as_array().into_iter().flatten() {
+        println!(
+            "  {} series {}: {}",
+            flag["pipeline"].as_str().unwrap_or("?"),
+            flag["series"].as_str().unwrap_or("?"),
+            flag["message"].as_str().unwrap_or("")
+        );
     }
     println!("recent quarantines (requeue with `synthd requeue JOB`):");
     let recent = status["recent_quarantines"].as_array().cloned().unwrap_or_default();

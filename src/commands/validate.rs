@@ -73,8 +73,16 @@ fn check_models(pipelines: &[&LoadedPipeline], library: Option<&std::path::Path>
             .and_then(|runtime| {
                 crate::synth::contract::validate_model(runtime, &model).map_err(|error| error.to_string())
             });
-        if let Err(message) = checked {
-            problems.push(config::Diagnostic::whole_file(&pipeline.file, message));
+        match checked {
+            Err(message) => problems.push(config::Diagnostic::whole_file(&pipeline.file, message)),
+            Ok(manifest) => {
+                for message in crate::output::series::check_pipeline(&pipeline.pipeline, &manifest) {
+                    problems.push(config::Diagnostic::whole_file(
+                        &pipeline.file,
+                        format!("{message} (model {})", model.display()),
+                    ));
+                }
+            }
         }
     }
     if problems.is_empty() {

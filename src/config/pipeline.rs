@@ -6,6 +6,7 @@
 use super::diagnostic::{Diagnostic, Diagnostics};
 use super::ranges;
 use crate::deid::DeidOption;
+use crate::synth::condition::{CondChannel, Sequence, Task};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -22,8 +23,72 @@ pub struct Pipeline {
     #[serde(default)]
     pub deid: DeidProfile,
     pub synth: Option<Synth>,
+    /// How each series' MR sequence is decided from its own attributes.
+    #[serde(default)]
+    pub sequences: Option<SequenceRules>,
     #[serde(default)]
     pub output: Output,
+}
+
+/// `[sequences.<T1|T1c|T2|FLAIR>]`: how a series' sequence is decided from
+/// its own (de-identified) attributes. Rules are tried in the order they
+/// appear in the file; the first whose every given criterion holds wins. A
+/// series no rule matches is not synthesized, with its reason: never guessed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceRules {
+    #[serde(rename = "T1", default)]
+    pub t1: Option<Spanned<SequenceRule>>,
+    #[serde(rename = "T1c", default)]
+    pub t1c: Option<Spanned<SequenceRule>>,
+    #[serde(rename = "T2", default)]
+    pub t2: Option<Spanned<SequenceRule>>,
+    #[serde(rename = "FLAIR", default)]
+    pub flair: Option<Spanned<SequenceRule>>,
+}
+
+impl SequenceRules {
+    /// The rules in the order the file lists them.
+    pub fn in_order(&self) -> Vec<(Sequence, &SequenceRule)> {
+        let mut rules: Vec<(usize, Sequence, &SequenceRule)> = [
+            (Sequence::T1, &self.t1),
+            (Sequence::T1c, &self.t1c),
+            (Sequence::T2, &self.t2),
+            (Sequence::FLAIR, &self.flair),
+        ]
+        .into_iter()
+        .filter_map(|(sequence, rule)| rule.as_ref().map(|r| (r.span().start, sequence, r.get_ref())))
+        .collect();
+        rules.sort_by_key(|(start, _, _)| *start);
+        rules.into_iter().map(|(_, sequence, rule)| (sequence, rule)).collect()
+    }
+}
+
+/// One sequence's criteria; each given one must hold (empty = not checked).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceRule {
+    /// Case-insensitive globs on Series Description (0008,103E).
+    #[serde(default)]
+    pub series_description: Vec<String>,
+    /// Scanning Sequence (0018,0020) codes (SE, IR, GR, EP, RM); any of them present.
+    #[serde(default)]
+    pub scanning_sequence: Vec<String>,
+    /// Case-insensitive globs on Sequence Name (0018,0024).
+    #[serde(default)]
+    pub sequence_name: Vec<String>,
+    /// true: Contrast/Bolus Agent (0018,0010) present and not empty; false: absent or empty.
+    #[serde(default)]
+    pub contrast: Option<bool>,
+}
+
+impl SequenceRule {
+    pub fn is_empty(&self) -> bool {
+        self.series_description.is_empty()
+            && self.scanning_sequence.is_empty()
+            && self.sequence_name.is_empty()
+            && self.contrast.is_none()
+    }
 }
 
 /// Which series a pipeline takes. Read from the original header, before
@@ -163,7 +228,7 @@ pub struct Synth {
     pub model: Spanned<PathBuf>,
     /// What the model paints: healthy tissue (the default) or a lesion.
     #[serde(default)]
-    pub task: crate::synth::condition::Task,
+    pub task: Task,
     #[serde(default = "default_sampler")]
     pub sampler: SamplerKind,
     #[serde(default = "default_steps", deserialize_with = "ranges::u32_in::<1, 1000, _>")]
@@ -206,6 +271,79 @@ pub struct Synth {
     pub feather_px: u32,
     #[serde(default)]
     pub mask: MaskSpec,
+    /// Generated lesions (task = "lesion", mask source "generated").
+    #[serde(default)]
+    pub lesion: Option<LesionSpec>,
+    /// The fidelity check on every synthetic series.
+    #[serde(default)]
+    pub qc: QcSpec,
+}
+
+/// `[synth.lesion]`: generated multi-component lesions, defined in patient
+/// space once per study and variant, drawn on every selected series.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LesionSpec {
+    /// Lesions per study and variant.
+    #[serde(default = "default_one", deserialize_with = "ranges::u32_in::<1, 8, _>")]
+    pub count: u32,
+    /// How far each boundary departs from a sphere, as a fraction of its radius (0 = spheres).
+    #[serde(default = "default_irregularity", deserialize_with = "ranges::unit_interval")]
+    pub irregularity: f32,
+    /// Innermost first: the first component's `size_mm` is its diameter, each
+    /// next one's the thickness of its shell around the ones inside.
+    pub components: Vec<LesionComponent>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LesionComponent {
+    /// The model's label plane for this component, e.g. "label:necrosis".
+    pub plane: CondChannel,
+    /// [low, high] millimetres, drawn per lesion.
+    #[serde(deserialize_with = "ranges::diameter_mm")]
+    pub size_mm: [f32; 2],
+}
+
+fn default_irregularity() -> f32 {
+    0.25
+}
+
+/// `[synth.qc]`: limits of the fidelity check.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QcSpec {
+    /// Largest accepted |fill mean − reference mean| / |reference mean|
+    /// (reference: the original under a healthy-over-healthy fill, else the
+    /// ring of surrounding tissue). Not applied to lesion fills.
+    #[serde(default = "default_fill_bias", deserialize_with = "ranges::unit_interval")]
+    pub max_fill_bias: f32,
+    #[serde(default)]
+    pub on_fail: QcAction,
+}
+
+impl Default for QcSpec {
+    fn default() -> Self {
+        QcSpec {
+            max_fill_bias: default_fill_bias(),
+            on_fail: QcAction::Flag,
+        }
+    }
+}
+
+fn default_fill_bias() -> f32 {
+    0.05
+}
+
+/// What a series that fails the check becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QcAction {
+    /// Written, marked `qc_pass = false` and counted.
+    #[default]
+    Flag,
+    /// Not written to the outbox; quarantined with `synthesis-qc-failed`.
+    Quarantine,
 }
 
 impl Synth {
@@ -398,6 +536,7 @@ impl LoadedPipeline {
                 ),
             ));
         }
+        problems.extend(self.check_sequences());
         if let Some(synth) = &self.pipeline.synth {
             let model = resolve(&self.file, synth.model.get_ref());
             if !model.is_file() {
@@ -421,11 +560,72 @@ impl LoadedPipeline {
                     ),
                 ));
             }
+            problems.extend(self.check_task(synth));
             if synth.providers.is_empty() {
                 problems.push(Diagnostic::whole_file(
                     &self.file,
                     "`synth.providers` is empty: expected a list such as [\"tensorrt\", \"cuda\", \"cpu\"]",
                 ));
+            }
+        }
+        problems
+    }
+}
+
+impl LoadedPipeline {
+    /// The task's settings agree: a generated lesion needs `[synth.lesion]`
+    /// with label:<name> components.
+    fn check_task(&self, synth: &Synth) -> Diagnostics {
+        let mut problems = Diagnostics::default();
+        let whole = |message: String| Diagnostic::whole_file(&self.file, message);
+        let generated_lesion = synth.task == Task::Lesion && synth.mask.source == MaskSource::Generated;
+        match &synth.lesion {
+            None if generated_lesion => problems.push(whole(
+                "`synth.task` = \"lesion\" with generated masks needs a [synth.lesion] table (components, sizes in mm)"
+                    .into(),
+            )),
+            Some(lesion) if lesion.components.is_empty() => problems.push(whole(
+                "`synth.lesion.components` is empty: list the components innermost first, e.g. \
+                 { plane = \"label:necrosis\", size_mm = [4.0, 10.0] }"
+                    .into(),
+            )),
+            Some(lesion) => {
+                if let Some(c) = lesion
+                    .components
+                    .iter()
+                    .find(|c| !matches!(c.plane, CondChannel::Label(_)))
+                {
+                    problems.push(whole(format!(
+                        "`synth.lesion.components` plane `{}`: expected a label:<name> plane",
+                        c.plane.name()
+                    )));
+                }
+            }
+            None => {}
+        }
+        problems
+    }
+
+    /// `[sequences]` rules name at least one criterion, and description or
+    /// contrast criteria need the clean-descriptors option.
+    fn check_sequences(&self) -> Diagnostics {
+        let mut problems = Diagnostics::default();
+        let whole = |message: String| Diagnostic::whole_file(&self.file, message);
+        let Some(rules) = &self.pipeline.sequences else {
+            return problems;
+        };
+        let cleaned = self.pipeline.deid.options.contains(&DeidOption::CleanDescriptors);
+        for (sequence, rule) in rules.in_order() {
+            if rule.is_empty() {
+                problems.push(whole(format!(
+                    "`sequences.{sequence}` has no criterion: give series_description, scanning_sequence, sequence_name or contrast"
+                )));
+            }
+            if !cleaned && (!rule.series_description.is_empty() || rule.contrast.is_some()) {
+                problems.push(whole(format!(
+                    "`sequences.{sequence}` reads Series Description / Contrast/Bolus Agent, which de-identification removes \
+                     unless [deid] options include \"clean-descriptors\"; add it or use scanning_sequence / sequence_name"
+                )));
             }
         }
         problems
@@ -524,13 +724,60 @@ mod tests {
     #[test]
     fn task_defaults_to_healthy_and_unknown_tasks_name_the_choices() {
         let pipeline: Pipeline = toml::from_str("name = \"x\"\n[synth]\nmodel = \"m.onnx\"\n").unwrap();
-        assert_eq!(pipeline.synth.unwrap().task, crate::synth::condition::Task::Healthy);
+        assert_eq!(pipeline.synth.unwrap().task, Task::Healthy);
         let error = parse("name = \"x\"\n[synth]\nmodel = \"m.onnx\"\ntask = \"injury\"\n").unwrap_err();
         let text = error.to_string();
         assert!(
             text.starts_with("p.toml:4:") && text.contains("`healthy` or `lesion`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn lesion_and_sequence_settings_are_checked_before_anything_runs() {
+        let lesion = parse("name = \"x\"\n[synth]\nmodel = \"m.onnx\"\ntask = \"lesion\"\n").unwrap_err();
+        assert!(lesion.to_string().contains("needs a [synth.lesion] table"), "{lesion}");
+        let plane = parse(
+            "name = \"x\"\n[synth]\nmodel = \"m.onnx\"\ntask = \"lesion\"\n[synth.lesion]\n\
+             components = [{ plane = \"mask\", size_mm = [4.0, 8.0] }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            plane
+                .to_string()
+                .contains("plane `mask`: expected a label:<name> plane"),
+            "{plane}"
+        );
+        let uncleaned = parse("name = \"x\"\n[sequences.T1]\nseries_description = [\"*T1*\"]\n").unwrap_err();
+        assert!(
+            uncleaned
+                .to_string()
+                .contains("`sequences.T1` reads Series Description")
+                && uncleaned.to_string().contains("clean-descriptors"),
+            "{uncleaned}"
+        );
+        let empty = parse("name = \"x\"\n[sequences.FLAIR]\n").unwrap_err();
+        assert!(
+            empty.to_string().contains("`sequences.FLAIR` has no criterion"),
+            "{empty}"
+        );
+        let unknown = parse("name = \"x\"\n[sequences.DWI]\nscanning_sequence = [\"EP\"]\n").unwrap_err();
+        assert!(unknown.to_string().contains("DWI"), "{unknown}");
+        let fine = parse(
+            "name = \"x\"\n[deid]\noptions = [\"clean-descriptors\"]\n\
+             [sequences.FLAIR]\nscanning_sequence = [\"IR\"]\n[sequences.T1]\nseries_description = [\"*T1*\"]\n",
+        )
+        .unwrap();
+        let order: Vec<Sequence> = fine
+            .pipeline
+            .sequences
+            .as_ref()
+            .unwrap()
+            .in_order()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(order, [Sequence::FLAIR, Sequence::T1], "file order");
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct DeidEngine {
     by_pipeline: HashMap<String, Deidentifier>,
     synthesis: HashMap<String, Synthesis>,
     key: SiteKey,
+    /// `paths.state`, where QC flags are recorded for `synthd status`.
+    state_dir: PathBuf,
 }
 
 /// A synthesizing pipeline: its definition and its loaded model.
@@ -42,6 +44,15 @@ impl DeidEngine {
                 };
                 let engine = SynthEngine::new(runtime, &model, synth, options)
                     .map_err(|error| format!("pipeline {}: {error}", pipeline.file.display()))?;
+                let problems = crate::output::series::check_pipeline(&pipeline.pipeline, engine.manifest());
+                if !problems.is_empty() {
+                    return Err(format!(
+                        "pipeline {} and model {} disagree: {}",
+                        pipeline.file.display(),
+                        model.display(),
+                        problems.join("; ")
+                    ));
+                }
                 let bytes = std::fs::read(&pipeline.file)
                     .map_err(|error| format!("pipeline {}: {error}", pipeline.file.display()))?;
                 let pipeline_sha256 = {
@@ -66,6 +77,7 @@ impl DeidEngine {
             by_pipeline,
             synthesis,
             key: key.clone(),
+            state_dir: config.paths.state.clone(),
         })
     }
 }
@@ -125,8 +137,15 @@ impl Engine for DeidEngine {
         };
         let report = write_study(&context, &instances, outbox, SourceWrites::AlreadyWritten)
             .map_err(|error| Rejection::new(ReasonCode::ModelFailure, error.to_string()))?;
-        for reason in &report.skipped_series {
-            tracing::warn!(target: "daemon", pipeline, "not synthesized: {reason}");
+        for (series, reason) in &report.skipped_series {
+            tracing::warn!(target: "daemon", pipeline, "series {series} not synthesized: {reason}");
+        }
+        for (n, (series, message)) in report.qc_flagged.iter().enumerate() {
+            tracing::warn!(target: "daemon", pipeline, "series {series} flagged by QC: {message}");
+            // `synthd status` counts these; a replay rewrites the same file.
+            if let Err(error) = crate::output::qc::record_flag(&self.state_dir, pipeline, series, n, message) {
+                tracing::warn!(target: "daemon", %error, "cannot record a QC flag for `synthd status`");
+            }
         }
         tracing::info!(
             target: "daemon",
@@ -138,6 +157,17 @@ impl Engine for DeidEngine {
             provider = synthesis.engine.provider().name(),
             "synthesis written"
         );
-        Ok(())
+        // A quarantined series (SEG codes that match no plane, a failed
+        // fidelity check) is recorded as the job's synthesis failure, with
+        // its reason code; the other series stand.
+        let quarantined: Vec<String> = report
+            .quarantined_series
+            .iter()
+            .map(|(series, r)| format!("series {series}: {}", r.message))
+            .collect();
+        match report.quarantined_series.first() {
+            Some((_, first)) => Err(Rejection::new(first.code, quarantined.join("; "))),
+            None => Ok(()),
+        }
     }
 }

@@ -6,17 +6,18 @@ use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceKind {
     /// The de-identified source instance.
+    #[default]
     Source,
     Synthetic,
     Seg,
 }
 
 /// One line of manifest.jsonl.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ManifestEntry {
     /// Path relative to the study folder.
     pub path: String,
@@ -40,9 +41,21 @@ pub struct ManifestEntry {
     pub ort_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_seconds: Option<f64>,
+    /// The series' MR sequence as the pipeline's `[sequences]` decided it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<String>,
+    /// Synthetic instances: the fidelity check's numbers (output/qc.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc: Option<super::qc::Qc>,
+    /// Synthetic instances: whether `qc` is within the pipeline's `[synth.qc]` limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc_pass: Option<bool>,
+    /// Source instances of a series the pipeline did not synthesize: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_synthesized: Option<String>,
 }
 
-pub const CSV_HEADER: &str = "path,kind,sop_instance_uid,series_instance_uid,source_uid,pipeline,model_sha256,variant,seed,mask_voxels,ort_seconds,total_seconds";
+pub const CSV_HEADER: &str = "path,kind,sop_instance_uid,series_instance_uid,source_uid,pipeline,model_sha256,variant,seed,mask_voxels,ort_seconds,total_seconds,sequence,qc_pass,fill_mean,fill_bias,not_synthesized";
 
 impl ManifestEntry {
     pub fn csv_row(&self) -> String {
@@ -65,6 +78,11 @@ impl ManifestEntry {
             opt(self.mask_voxels.map(|v| v.to_string())),
             opt(self.ort_seconds.map(|v| format!("{v:.4}"))),
             opt(self.total_seconds.map(|v| format!("{v:.4}"))),
+            opt(self.sequence.clone()),
+            opt(self.qc_pass.map(|v| v.to_string())),
+            opt(self.qc.as_ref().map(|q| format!("{:.3}", q.fill_mean))),
+            opt(self.qc.as_ref().and_then(|q| q.fill_bias).map(|v| format!("{v:.4}"))),
+            csv_field(self.not_synthesized.as_deref().unwrap_or_default()),
         ]
         .join(",")
     }
@@ -136,6 +154,7 @@ mod tests {
             mask_voxels: Some(10),
             ort_seconds: Some(0.5),
             total_seconds: Some(0.6),
+            ..ManifestEntry::default()
         }
     }
 

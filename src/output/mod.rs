@@ -3,10 +3,15 @@
 //! synth stage as plain values.
 
 mod attrs;
+mod font;
 pub mod manifest;
 pub mod pixels;
 pub mod preview;
+pub mod qc;
 pub mod seg;
+pub mod seg_masks;
+pub mod sequence;
+pub mod series;
 pub mod study;
 pub mod synthetic;
 pub mod uids;

@@ -19,7 +19,12 @@ pub const MAX_ROWS: usize = 6;
 
 /// Renders up to [`MAX_ROWS`] slices (those with the largest masks, in
 /// their original order) into an RGB PNG at `path`, written durably.
-pub fn write_contact_sheet(path: &Path, slices: &[PreviewSlice<'_>], window: (f64, f64)) -> io::Result<()> {
+pub fn write_contact_sheet(
+    path: &Path,
+    slices: &[PreviewSlice<'_>],
+    window: (f64, f64),
+    caption: &[String],
+) -> io::Result<()> {
     let mut chosen: Vec<usize> = (0..slices.len()).collect();
     chosen.sort_by_key(|&i| std::cmp::Reverse(slices[i].mask.iter().filter(|&&m| m != 0).count()));
     chosen.truncate(MAX_ROWS);
@@ -40,8 +45,11 @@ pub fn write_contact_sheet(path: &Path, slices: &[PreviewSlice<'_>], window: (f6
     }
     let gap = 2;
     let width = tile_w * 3 + gap * 2;
-    let height = tile_h * chosen.len() + gap * (chosen.len() - 1);
+    let tiles_height = tile_h * chosen.len() + gap * (chosen.len() - 1);
+    let strip = super::font::strip_height(caption.len());
+    let height = tiles_height + strip;
     let mut rgb = vec![0u8; width * height * 3];
+    super::font::draw_lines(&mut rgb, width, tiles_height, caption);
     let (center, window_width) = window;
     let low = center - window_width / 2.0;
     let gray = |value: f32| -> u8 { (((value as f64 - low) / window_width).clamp(0.0, 1.0) * 255.0).round() as u8 };
@@ -97,10 +105,22 @@ mod tests {
             mask: &mask,
         };
         let path = dir.path().join("preview.png");
-        write_contact_sheet(&path, &[slice], (150.0, 200.0)).unwrap();
+        write_contact_sheet(&path, &[slice], (150.0, 200.0), &[]).unwrap();
         let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = decoder.read_info().unwrap();
         let info = reader.info();
         assert_eq!((info.width, info.height), (4 * 3 + 4, 4));
+        // A caption adds a text strip below the tiles.
+        let slice = PreviewSlice {
+            rows: 4,
+            columns: 4,
+            source: &source,
+            synthetic: &synthetic,
+            mask: &mask,
+        };
+        write_contact_sheet(&path, &[slice], (150.0, 200.0), &["QC PASS".to_string()]).unwrap();
+        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let reader = decoder.read_info().unwrap();
+        assert_eq!(reader.info().height, 4 + crate::output::font::strip_height(1) as u32);
     }
 }

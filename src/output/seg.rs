@@ -12,6 +12,28 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
 pub const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
+/// One Segment Sequence item: number, label, algorithm, codes.
+fn segment_item(number: u16, meaning: &SegmentMeaning) -> InMemDicomObject {
+    let mut segment = InMemDicomObject::new_empty();
+    put_u16(&mut segment, tags::SEGMENT_NUMBER, number);
+    put_str(&mut segment, tags::SEGMENT_LABEL, VR::LO, &meaning.label);
+    put_str(&mut segment, tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC");
+    put_str(&mut segment, tags::SEGMENT_ALGORITHM_NAME, VR::LO, "synthd");
+    let (cv, cs, cm) = &meaning.category;
+    put_sequence(
+        &mut segment,
+        tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
+        vec![code_item(cv, cs, cm)],
+    );
+    let (tv, ts, tm) = &meaning.property_type;
+    put_sequence(
+        &mut segment,
+        tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE,
+        vec![code_item(tv, ts, tm)],
+    );
+    segment
+}
+
 /// What the segment means, as coded concepts (SNOMED CT via SCT).
 #[derive(Debug, Clone)]
 pub struct SegmentMeaning {
@@ -30,6 +52,17 @@ impl SegmentMeaning {
         }
     }
 
+    /// A lesion component, with the codes the model's manifest gives its plane.
+    pub fn component(concept: &crate::synth::manifest::LabelConcept) -> SegmentMeaning {
+        let code = |c: &crate::synth::manifest::Code| (c.value.clone(), c.scheme.clone(), c.meaning.clone());
+        let name = concept.plane.name();
+        SegmentMeaning {
+            label: name.strip_prefix("label:").unwrap_or(&name).to_string(),
+            category: code(&concept.category),
+            property_type: code(&concept.property_type),
+        }
+    }
+
     /// A lesion, when the mask came from a lesion segment.
     pub fn lesion() -> SegmentMeaning {
         SegmentMeaning {
@@ -44,17 +77,28 @@ impl SegmentMeaning {
     }
 }
 
-/// Builds the SEG over `frames`: each synthetic instance with its mask
-/// (1 = inpainted). Frames whose mask is empty are left out; None when all are.
+/// Builds the SEG over `instances`: each synthetic instance with its label
+/// map (0 = untouched, k = segment k of `segments`; with one segment, any
+/// non-zero value). One frame per instance and segment present in it,
+/// segment by segment; None when every map is empty.
 pub fn build_seg(
     key: &SiteKey,
-    frames: &[(&DefaultDicomObject, &[u8])],
-    meaning: &SegmentMeaning,
+    instances: &[(&DefaultDicomObject, &[u8])],
+    segments: &[SegmentMeaning],
     provenance: &Provenance,
     source_series_uid: &str,
 ) -> Result<Option<DefaultDicomObject>, OutputError> {
-    let frames: Vec<&(&DefaultDicomObject, &[u8])> = frames.iter().filter(|(_, m)| m.iter().any(|&v| v != 0)).collect();
-    let Some((first, _)) = frames.first() else {
+    let single = segments.len() == 1;
+    let in_segment = move |value: u8, k: usize| if single { value != 0 } else { value as usize == k };
+    let frames: Vec<(usize, &DefaultDicomObject, Vec<u8>)> = (1..=segments.len())
+        .flat_map(|k| {
+            instances.iter().filter_map(move |(object, map)| {
+                let mask: Vec<u8> = map.iter().map(|&v| u8::from(in_segment(v, k))).collect();
+                mask.contains(&1).then_some((k, *object, mask))
+            })
+        })
+        .collect();
+    let Some((_, first, _)) = frames.first() else {
         return Ok(None);
     };
     let string = |object: &DefaultDicomObject, tag: Tag, name: &'static str| {
@@ -164,24 +208,12 @@ pub fn build_seg(
     put_u16(&mut seg, tags::PIXEL_REPRESENTATION, 0);
     put_str(&mut seg, tags::NUMBER_OF_FRAMES, VR::IS, &frames.len().to_string());
 
-    let mut segment = InMemDicomObject::new_empty();
-    put_u16(&mut segment, tags::SEGMENT_NUMBER, 1);
-    put_str(&mut segment, tags::SEGMENT_LABEL, VR::LO, &meaning.label);
-    put_str(&mut segment, tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC");
-    put_str(&mut segment, tags::SEGMENT_ALGORITHM_NAME, VR::LO, "synthd");
-    let (cv, cs, cm) = &meaning.category;
-    put_sequence(
-        &mut segment,
-        tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
-        vec![code_item(cv, cs, cm)],
-    );
-    let (tv, ts, tm) = &meaning.property_type;
-    put_sequence(
-        &mut segment,
-        tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE,
-        vec![code_item(tv, ts, tm)],
-    );
-    put_sequence(&mut seg, tags::SEGMENT_SEQUENCE, vec![segment]);
+    let segment_items = segments
+        .iter()
+        .enumerate()
+        .map(|(index, meaning)| segment_item(index as u16 + 1, meaning))
+        .collect();
+    put_sequence(&mut seg, tags::SEGMENT_SEQUENCE, segment_items);
 
     // Shared functional groups: pixel measures and orientation of the series.
     let mut measures = InMemDicomObject::new_empty();
@@ -201,10 +233,15 @@ pub fn build_seg(
 
     let dimension_uid = super::uids::derived_uid(key, "synthd/seg-dimensions", &[&sop_uid]);
     let mut per_frame = Vec::with_capacity(frames.len());
-    let mut referenced_instances = Vec::with_capacity(frames.len());
+    let mut referenced_instances: Vec<InMemDicomObject> = Vec::with_capacity(instances.len());
+    let mut referenced_uids: Vec<String> = Vec::with_capacity(instances.len());
     let mut bits = vec![0u8; (frames.len() * rows as usize * columns as usize).div_ceil(8)];
     let mut bit_index = 0usize;
-    for (position, (instance, mask)) in frames.iter().enumerate() {
+    for (segment_number, instance, mask) in &frames {
+        let position = instances
+            .iter()
+            .position(|(object, _)| std::ptr::eq(*object, *instance))
+            .unwrap_or(0);
         let sop_class = string(instance, tags::SOP_CLASS_UID, "SOPClassUID")?;
         let sop = string(instance, tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
         let mut source = InMemDicomObject::new_empty();
@@ -230,14 +267,18 @@ pub fn build_seg(
         content.put(DataElement::new(
             tags::DIMENSION_INDEX_VALUES,
             VR::UL,
-            PrimitiveValue::U32(vec![1, position as u32 + 1].into()),
+            PrimitiveValue::U32(vec![*segment_number as u32, position as u32 + 1].into()),
         ));
         let mut plane = InMemDicomObject::new_empty();
         if let Some(element) = instance.get(tags::IMAGE_POSITION_PATIENT) {
             plane.put(element.clone());
         }
         let mut identification = InMemDicomObject::new_empty();
-        put_u16(&mut identification, tags::REFERENCED_SEGMENT_NUMBER, 1);
+        put_u16(
+            &mut identification,
+            tags::REFERENCED_SEGMENT_NUMBER,
+            *segment_number as u16,
+        );
         let mut group = InMemDicomObject::new_empty();
         put_sequence(&mut group, tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation]);
         put_sequence(&mut group, tags::FRAME_CONTENT_SEQUENCE, vec![content]);
@@ -245,10 +286,13 @@ pub fn build_seg(
         put_sequence(&mut group, tags::SEGMENT_IDENTIFICATION_SEQUENCE, vec![identification]);
         per_frame.push(group);
 
-        let mut referenced = InMemDicomObject::new_empty();
-        put_str(&mut referenced, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &sop_class);
-        put_str(&mut referenced, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &sop);
-        referenced_instances.push(referenced);
+        if !referenced_uids.contains(&sop) {
+            let mut referenced = InMemDicomObject::new_empty();
+            put_str(&mut referenced, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &sop_class);
+            put_str(&mut referenced, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &sop);
+            referenced_instances.push(referenced);
+            referenced_uids.push(sop.clone());
+        }
 
         // Frames are packed back to back, least significant bit first.
         for &value in mask.iter() {

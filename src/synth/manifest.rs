@@ -381,7 +381,20 @@ impl Manifest {
                 _ => return Err(format!("[[labels]] describes `{}` more than once", plane.name())),
             }
         }
-        for label in &self.labels {
+        for (i, label) in self.labels.iter().enumerate() {
+            let code = &label.property_type;
+            if let Some(twin) = self.labels[..i]
+                .iter()
+                .find(|l| l.property_type.same_concept(&code.scheme, &code.value))
+            {
+                return Err(format!(
+                    "[[labels]] `{}` and `{}` share the type code {} {}; a SEG segment must map onto one plane",
+                    twin.plane.name(),
+                    label.plane.name(),
+                    code.scheme,
+                    code.value
+                ));
+            }
             if !matches!(label.plane, CondChannel::Label(_)) || !cond.contains(&label.plane) {
                 return Err(format!(
                     "[[labels]] plane `{}` is not a label:<name> plane of inputs.cond",

@@ -12,6 +12,7 @@ pub mod condition;
 pub mod contract;
 pub mod engine;
 pub mod inpaint;
+pub mod lesion;
 pub mod mask;
 pub mod noise;
 pub mod session;
