@@ -20,5 +20,22 @@ export ORT_DYLIB_PATH="$root/.bootstrap/onnxruntime/libonnxruntime.so"
   --input fixtures/dicom/demo \
   --output demo-output \
   --key-file .demo/synthd.key
-preview=$(find demo-output -name preview.png | head -1)
-echo "Look at the result: $preview (source | mask | synthetic)"
+# Both tasks of the multitask model (issue 15): add a generated lesion with
+# its components to every sequence of the study, and replace the lesion of
+# the study's SEG with healthy tissue. They need a model with label planes and
+# task/sequence slots; `synthd validate` says whether the demo model has them.
+for pipeline in brain-lesion-add brain-lesion-remove; do
+  if "$synthd" validate "pipelines/$pipeline.toml" >/dev/null 2>&1; then
+    "$synthd" process \
+      --pipeline "pipelines/$pipeline.toml" \
+      --input fixtures/dicom/demo \
+      --output "demo-output/$pipeline" \
+      --key-file .demo/synthd.key ||
+      echo "$pipeline: something was quarantined; see demo-output/$pipeline-quarantine/*/reason.json"
+  else
+    echo "skipped $pipeline: the demo model has no label planes or task/sequence slots yet" \
+      "(see \`synthd validate pipelines/$pipeline.toml\`)"
+  fi
+done
+echo "Look at the results (source | mask | synthetic, QC numbers underneath):"
+find demo-output -name preview.png | sort | sed 's/^/  /'

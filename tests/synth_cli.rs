@@ -86,4 +86,35 @@ fn bench_prints_figures_and_a_json_summary() {
     assert_eq!(json["steps"], 3);
     assert_eq!(json["batch"], 2);
     assert_eq!(json["model_runs"], 2 * 3, "two batches (2 + 1) × three steps");
+    assert!(json["ms_per_slice_step"].as_f64().unwrap() > 0.0, "{json}");
+}
+
+#[test]
+fn bench_feeds_a_contract_model_its_planes_and_slots() {
+    let out = synthd(&[
+        "bench",
+        "--pipeline",
+        root().join("bench/tiny-contract.toml").to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--slices",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("conditioning: task lesion sequence T1 components [label:necrosis]"),
+        "{stdout}"
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(json["overhead_ratio"].as_f64().unwrap() > 0.0, "{json}");
 }

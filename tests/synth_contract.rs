@@ -93,6 +93,9 @@ fn bits(result: &synthd::synth::SeriesResult) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The lesion task with masks given by the caller (as a study's SEG gives them).
+const LESION_TASK: &str = "task = \"lesion\"\n[synth.mask]\nsource = \"seg\"";
+
 const LESION: [&str; 3] = ["label:necrosis", "label:enhancing", "label:edema"];
 
 fn copy_with_manifest(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
@@ -209,7 +212,7 @@ fn class_label_slots_come_from_the_task_and_the_series_sequence() {
         "{no_sequence}"
     );
     // The task slot: the same request under task = "lesion" differs.
-    let lesion = engine(&tiny("contract"), "task = \"lesion\"").unwrap();
+    let lesion = engine(&tiny("contract"), LESION_TASK).unwrap();
     let as_lesion = lesion.inpaint_series(&request(Some(Sequence::T1), &LESION)).unwrap();
     assert!(
         bits(&as_lesion) != bits(&t1),
@@ -228,7 +231,7 @@ fn class_label_slots_come_from_the_task_and_the_series_sequence() {
 
 #[test]
 fn label_planes_carry_each_component_and_are_zero_for_the_healthy_task() {
-    let lesion = engine(&tiny("contract"), "task = \"lesion\"").unwrap();
+    let lesion = engine(&tiny("contract"), LESION_TASK).unwrap();
     let run = |names: &[&str]| {
         bits(
             &lesion
@@ -268,10 +271,7 @@ fn label_planes_carry_each_component_and_are_zero_for_the_healthy_task() {
 
 #[test]
 fn a_lesion_pipeline_needs_a_model_with_label_planes() {
-    let text = engine(&tiny("cond"), "task = \"lesion\"")
-        .err()
-        .expect("refused")
-        .to_string();
+    let text = engine(&tiny("cond"), LESION_TASK).err().expect("refused").to_string();
     assert!(
         text.contains("synth.task") && text.contains("label:<name> cond planes") && text.contains("tiny-cond.onnx"),
         "{text}"
