@@ -165,7 +165,7 @@ fn brain_lesion_remove_maps_the_study_seg_by_code() {
         .unwrap()
         .len();
     if coded == 1 {
-        assert_eq!(result.status.code(), Some(1), "{stdout}");
+        assert_eq!(result.status.code(), Some(3), "{stdout}");
         assert!(stdout.contains("seg-codes-unmatched"), "{stdout}");
     } else {
         assert_eq!(result.status.code(), Some(0), "{stdout}");

@@ -523,7 +523,7 @@ fn a_study_seg_maps_onto_planes_by_code_and_unknown_codes_are_quarantined() {
         },
         remove,
     );
-    assert_eq!(run.code, Some(1), "{}", run.stdout);
+    assert_eq!(run.code, Some(3), "{}", run.stdout);
     let entries = manifest(&run.output);
     assert!(entries.iter().all(|e| e["kind"] == "source"), "nothing synthesized");
     let reason = files_under(&run.quarantine)
@@ -582,7 +582,7 @@ fn the_fidelity_check_flags_or_quarantines_a_biased_fill() {
         },
         "[synth.mask]\ndiameter_mm = [20.0, 30.0]\n[synth.qc]\nmax_fill_bias = 0.01\non_fail = \"quarantine\"\n",
     );
-    assert_eq!(run.code, Some(1), "{}", run.stdout);
+    assert_eq!(run.code, Some(3), "{}", run.stdout);
     assert!(manifest(&run.output).iter().all(|e| e["kind"] == "source"));
     let reason = files_under(&run.quarantine)
         .into_iter()

@@ -391,7 +391,9 @@ fn add(totals: &mut StudyReport, report: &StudyReport) {
     totals.seg_instances += report.seg_instances;
     totals.previews += report.previews;
     totals.skipped_series.extend(report.skipped_series.iter().cloned());
-    totals.quarantined_series.extend(report.quarantined_series.iter().cloned());
+    totals
+        .quarantined_series
+        .extend(report.quarantined_series.iter().cloned());
     totals.qc_flagged.extend(report.qc_flagged.iter().cloned());
     totals.ort_seconds += report.ort_seconds;
     totals.synth_seconds += report.synth_seconds;
