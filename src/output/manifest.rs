@@ -55,7 +55,8 @@ pub struct ManifestEntry {
     pub not_synthesized: Option<String>,
 }
 
-pub const CSV_HEADER: &str = "path,kind,sop_instance_uid,series_instance_uid,source_uid,pipeline,model_sha256,variant,seed,mask_voxels,ort_seconds,total_seconds,sequence,qc_pass,fill_mean,fill_bias,not_synthesized";
+/// Timings stay the last two columns (readers drop them to compare runs).
+pub const CSV_HEADER: &str = "path,kind,sop_instance_uid,series_instance_uid,source_uid,pipeline,model_sha256,variant,seed,mask_voxels,sequence,qc_pass,fill_mean,fill_bias,not_synthesized,ort_seconds,total_seconds";
 
 impl ManifestEntry {
     pub fn csv_row(&self) -> String {
@@ -76,13 +77,13 @@ impl ManifestEntry {
             opt(self.variant.map(|v| v.to_string())),
             opt(self.seed.map(|v| v.to_string())),
             opt(self.mask_voxels.map(|v| v.to_string())),
-            opt(self.ort_seconds.map(|v| format!("{v:.4}"))),
-            opt(self.total_seconds.map(|v| format!("{v:.4}"))),
             opt(self.sequence.clone()),
             opt(self.qc_pass.map(|v| v.to_string())),
             opt(self.qc.as_ref().map(|q| format!("{:.3}", q.fill_mean))),
             opt(self.qc.as_ref().and_then(|q| q.fill_bias).map(|v| format!("{v:.4}"))),
             csv_field(self.not_synthesized.as_deref().unwrap_or_default()),
+            opt(self.ort_seconds.map(|v| format!("{v:.4}"))),
+            opt(self.total_seconds.map(|v| format!("{v:.4}"))),
         ]
         .join(",")
     }
