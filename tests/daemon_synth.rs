@@ -93,16 +93,21 @@ fn the_daemon_synthesizes_the_demo_study_like_process_does() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let from_daemon = dicom_files(&outbox);
-    // The de-identified MR slices and SEG, as many synthetic slices, the mask's SEG, a preview.
-    let slices = 48;
-    assert_eq!(from_daemon.len(), (slices + 1) + slices + 1 + 1, "{from_daemon:#?}");
+    // The de-identified study (T1 and FLAIR slices, SEG), a synthetic slice per
+    // T1 slice (the pipeline takes the T1 series), the mask's SEG, a preview.
+    let (slices, flair) = (48, 24);
+    assert_eq!(
+        from_daemon.len(),
+        (slices + flair + 1) + slices + 1 + 1,
+        "{from_daemon:#?}"
+    );
     let manifest = files_under(&outbox)
         .into_iter()
         .find(|p| p.ends_with("manifest.jsonl"))
         .unwrap();
     assert_eq!(
         std::fs::read_to_string(manifest).unwrap().lines().count(),
-        (slices + 1) + slices + 1
+        (slices + flair + 1) + slices + 1
     );
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     for planted in ["FAKE", "Fake", "DEMO^"] {
