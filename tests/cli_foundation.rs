@@ -237,33 +237,11 @@ fn validate_refuses_a_group_readable_key() {
     );
 }
 
-/// Pipelines that need the issue-15 demo model (label planes, task and
-/// sequence slots). Until fixtures/models/brain-inpaint-96 is that model they
-/// are validated against the tiny random contract model instead.
-const WAITING_ON_THE_CONTRACT_MODEL: [&str; 2] = ["brain-lesion-add.toml", "brain-lesion-remove.toml"];
-
 #[test]
 fn every_example_pipeline_validates() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let demo_manifest = std::fs::read_to_string(root.join("fixtures/models/brain-inpaint-96.toml")).unwrap();
-    let demo_has_labels = demo_manifest.contains("\"label:");
-    let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(root.join("pipelines")).unwrap() {
-        let mut path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if WAITING_ON_THE_CONTRACT_MODEL.contains(&name.as_str()) && !demo_has_labels {
-            let text = std::fs::read_to_string(&path).unwrap().replace(
-                "\"../fixtures/models/brain-inpaint-96.onnx\"",
-                &format!(
-                    "{:?}",
-                    root.join("fixtures/models/tiny/tiny-contract.onnx")
-                        .display()
-                        .to_string()
-                ),
-            );
-            path = dir.path().join(&name);
-            std::fs::write(&path, text).unwrap();
-        }
+        let path = entry.unwrap().path();
         let output = synthd(&["validate", path.to_str().unwrap()]);
         assert_eq!(output.status.code(), Some(0), "{}: {}", path.display(), stderr(&output));
     }
