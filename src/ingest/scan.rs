@@ -31,6 +31,15 @@ fn is_temporary(name: &str) -> bool {
     name.starts_with('.') || name.ends_with(".partial") || name.ends_with(".tmp")
 }
 
+/// Whether a folder between `inbox` and `path` has a temporary name.
+fn in_temporary_folder(inbox: &Path, path: &Path) -> bool {
+    let Ok(relative) = path.strip_prefix(inbox) else {
+        return false;
+    };
+    let mut folders = relative.parent().into_iter().flat_map(|p| p.components());
+    folders.any(|c| is_temporary(&c.as_os_str().to_string_lossy()))
+}
+
 /// Whether `path` is lexically inside `inbox` (no `..` escapes).
 fn inside(inbox: &Path, path: &Path) -> bool {
     match path.strip_prefix(inbox) {
@@ -51,7 +60,9 @@ pub fn classify(inbox: &Path, path: &Path) -> Option<Entry> {
     if kind.is_dir() {
         return None;
     }
-    if is_temporary(&name) {
+    // A file inside a hidden or temporary folder is still being delivered too:
+    // senders fill `.incoming/` and rename it into place when it is complete.
+    if in_temporary_folder(inbox, path) || is_temporary(&name) {
         return Some(Entry::Skipped);
     }
     if !kind.is_file() {
@@ -123,5 +134,20 @@ mod tests {
         assert!(entries.contains(&Entry::NotRegular(inbox.join("linked-folder"))));
         assert_eq!(entries.iter().filter(|e| **e == Entry::Skipped).count(), 2);
         assert_eq!(classify(&inbox, &inbox.join("../escape.dcm")), None);
+    }
+
+    #[test]
+    fn files_in_hidden_or_temporary_folders_wait_for_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        for folder in [".incoming/study", "upload.partial", "batch.tmp/x"] {
+            fs::create_dir_all(inbox.join(folder)).unwrap();
+            fs::write(inbox.join(folder).join("a.dcm"), b"x").unwrap();
+        }
+        let entries = scan_inbox(&inbox).unwrap();
+        assert!(entries.iter().all(|e| *e == Entry::Skipped), "{entries:?}");
+        fs::rename(inbox.join(".incoming/study"), inbox.join("study")).unwrap();
+        let taken = classify(&inbox, &inbox.join("study/a.dcm"));
+        assert!(matches!(taken, Some(Entry::File(_))), "{taken:?}");
     }
 }
