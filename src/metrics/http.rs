@@ -182,8 +182,13 @@ fn accept_all(listener: &TcpListener, limits: &Limits, connections: &mut Vec<Con
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(error) if error.kind() == ErrorKind::WouldBlock => return,
-            // Out of descriptors or an aborted handshake: try again at the next turn.
-            Err(_) => return,
+            Err(error) if error.kind() == ErrorKind::ConnectionAborted => continue,
+            // Out of descriptors: the listener stays readable, so wait a
+            // little rather than spin; the deadlines free slots meanwhile.
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(50));
+                return;
+            }
         };
         if stream.set_nonblocking(true).is_err() {
             continue;
