@@ -176,6 +176,12 @@ enum Command {
         /// Requeue every quarantined job.
         #[arg(long)]
         all: bool,
+        /// Instead: put the send queue's dead letters back in the queue.
+        #[arg(long, conflicts_with_all = ["job", "all"])]
+        dead_letters: bool,
+        /// With --dead-letters: only those of this destination.
+        #[arg(long, requires = "dead_letters")]
+        destination: Option<String>,
         /// The daemon config [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
         #[arg(long)]
         config: Option<PathBuf>,
@@ -275,7 +281,13 @@ fn main() -> ExitCode {
         Command::Merge { outputs, into } => commands::merge::run(&outputs, into.as_deref()),
         Command::Run { config, allow_root } => commands::run::run(&config::config_path(config.as_deref()), allow_root),
         Command::Status { config, json } => commands::status::run(&config::config_path(config.as_deref()), json),
-        Command::Requeue { job, all, config } => {
+        Command::Requeue {
+            config,
+            dead_letters: true,
+            destination,
+            ..
+        } => commands::requeue::dead_letters(&config::config_path(config.as_deref()), destination.as_deref()),
+        Command::Requeue { job, all, config, .. } => {
             commands::requeue::run(&config::config_path(config.as_deref()), job.as_deref(), all)
         }
         Command::Keygen { file } => synthd::keyfile::generate(&file)

@@ -367,3 +367,27 @@ fn metrics_listen_malformed_or_taken_is_reported_at_the_key() {
     let output = synthd(&["validate", &config]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
+
+#[test]
+fn validate_reports_a_pipeline_destination_that_synthd_toml_does_not_define() {
+    let (dir, config) = init_layout();
+    let pipeline = dir.path().join("site/pipelines/deid-only.toml");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let routed = text.replacen("[output]\n", "[output]\ndestinations = [\"pacs\"]\n", 1);
+    std::fs::write(&pipeline, &routed).unwrap();
+    let line = routed.lines().position(|l| l.starts_with("destinations")).unwrap() + 1;
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output).lines().next().unwrap(),
+        format!(
+            "{}:{line}:17: `output.destinations`: no [[destinations]] entry in {config} is named \"pacs\"; add one or remove it here",
+            pipeline.display()
+        )
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n");
+    std::fs::write(&config, text).unwrap();
+    let output = synthd(&["validate", &config]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}

@@ -135,6 +135,22 @@ min_free_space = "512MiB"
 # names (never a patient value).
 # [metrics]
 # listen = "127.0.0.1:9464"
+
+# Send outputs back over DICOM (C-STORE): a pipeline names destinations in
+# its [output] table, e.g. destinations = ["pacs"]. Transient failures are
+# retried with backoff; refusals become dead letters (`synthd status`,
+# `synthd requeue --dead-letters`).
+# [[destinations]]
+# name = "pacs"
+# ae_title = "PACS"
+# host = "127.0.0.1"
+# port = 104
+# calling_ae_title = "SYNTHD"
+# max_pdu = "256KiB"
+# connect_timeout = "10s"
+# read_timeout = "60s"
+# retry_initial = "5s"
+# retry_max = "10m"
 "#,
         pipelines = path("pipelines"),
         inbox = path("inbox"),

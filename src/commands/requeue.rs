@@ -1,5 +1,7 @@
 //! `synthd requeue JOB | --all`: sends quarantined inputs back to the inbox,
 //! where the running daemon takes them like any new arrival.
+//! `synthd requeue --dead-letters [--destination NAME]`: sends that failed
+//! permanently go back in the send queue, due at once.
 
 use crate::config::Config;
 use crate::fsutil;
@@ -59,5 +61,23 @@ pub fn run(config_file: &Path, job: Option<&str>, all: bool) -> Result<i32> {
     if jobs.is_empty() {
         println!("nothing to requeue");
     }
+    Ok(0)
+}
+
+pub fn dead_letters(config_file: &Path, destination: Option<&str>) -> Result<i32> {
+    let config = Config::load(config_file)
+        .map_err(|problems| anyhow::anyhow!("{problems}"))
+        .with_context(|| format!("requeue: invalid config {}", config_file.display()))?;
+    if let Some(name) = destination {
+        if !config.raw.destinations.iter().any(|d| d.name.get_ref() == name) {
+            bail!(
+                "requeue: no [[destinations]] entry is named {name:?} in {}",
+                config_file.display()
+            );
+        }
+    }
+    let ledger = Ledger::open_existing(&config.paths.state).context("requeue")?;
+    let requeued = ledger.requeue_dead_letters(destination).context("requeue")?;
+    println!("requeued {requeued} dead letter(s)");
     Ok(0)
 }

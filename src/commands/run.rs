@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::daemon::{system, Daemon, DeidEngine, Options};
 use crate::keyfile::SiteKey;
 use crate::metrics;
-use crate::net::Scp;
+use crate::net::{Exporter, Scp};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -34,8 +34,7 @@ pub fn run(config_file: &Path, allow_root: bool) -> Result<i32> {
         None => None,
     };
     system::install_signal_handlers().context("run: cannot install signal handlers")?;
-    let listen = config.raw.dicom.listen.clone();
-    let inbox = config.paths.inbox.clone();
+    let network = config.clone();
     let mut daemon = Daemon::start(config, key, Box::new(DeidEngine::build), Options::from_env())
         .with_context(|| format!("run: cannot start with {}", config_file.display()))?;
     if let Some((addr, listener)) = listener {
@@ -51,8 +50,8 @@ pub fn run(config_file: &Path, allow_root: bool) -> Result<i32> {
     // recovery done) and stops after it drained: what arrives meanwhile is
     // durable in the inbox for the next start. Dropping the SCP aborts idle
     // associations and lets a half-received instance finish.
-    let scp = match &listen {
-        Some(listen) => Some(Scp::start(listen, &inbox).with_context(|| {
+    let scp = match &network.raw.dicom.listen {
+        Some(listen) => Some(Scp::start(listen, &network.paths.inbox).with_context(|| {
             format!(
                 "run: cannot listen on {}:{} (dicom.listen)",
                 listen.bind.get_ref(),
@@ -61,8 +60,11 @@ pub fn run(config_file: &Path, allow_root: bool) -> Result<i32> {
         })?),
         None => None,
     };
+    // Outputs of jobs finished while the exporter was down are queued when it starts.
+    let exporter = Exporter::start(&network).context("run: cannot open the send queue")?;
     let ran = daemon.run();
     drop(scp);
+    drop(exporter);
     ran.context("run: the coordinator stopped")?;
     Ok(0)
 }

@@ -72,6 +72,7 @@ pub fn snapshot(config: &Config) -> Result<Value> {
                 "oldest_waiting": null,
                 "recent_quarantines": [],
                 "qc_flagged": {"series": 0, "recent": []},
+                "destinations": destinations(config, None)?,
             }))
         }
     };
@@ -99,7 +100,67 @@ pub fn snapshot(config: &Config) -> Result<Value> {
             "message": job.reason_message,
             "state": job.state.as_str(),
         })).collect::<Vec<_>>(),
+        "destinations": destinations(config, Some(&ledger))?,
     }))
+}
+
+/// Each `[[destinations]]` entry (and any the queue still names): queued,
+/// sent and dead-letter counts, last success and last error (epoch seconds).
+fn destinations(config: &Config, ledger: Option<&Ledger>) -> Result<Vec<Value>> {
+    let mut summaries = match ledger {
+        Some(ledger) => ledger.destination_summaries().context("status")?,
+        None => Vec::new(),
+    };
+    for destination in &config.raw.destinations {
+        let name = destination.name.get_ref();
+        if !summaries.iter().any(|s| &s.name == name) {
+            summaries.push(crate::ledger::DestinationSummary {
+                name: name.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    summaries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(summaries
+        .into_iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "queued": s.queued,
+                "sent": s.sent,
+                "dead": s.dead,
+                "last_success": s.last_success,
+                "last_error": s.last_error,
+                "last_error_at": s.last_error_at,
+            })
+        })
+        .collect())
+}
+
+fn print_destinations(status: &Value) {
+    let destinations = status["destinations"].as_array().cloned().unwrap_or_default();
+    if destinations.is_empty() {
+        return;
+    }
+    let now = crate::ledger::now();
+    let ago = |value: &Value| match value.as_f64() {
+        Some(at) => format!("{:.0}s ago", (now - at).max(0.0)),
+        None => "never".to_string(),
+    };
+    println!("destinations (dead letters: `synthd requeue --dead-letters`):");
+    for d in destinations {
+        println!(
+            "  {} queued {} sent {} dead {}; last success {}",
+            d["name"].as_str().unwrap_or("?"),
+            d["queued"],
+            d["sent"],
+            d["dead"],
+            ago(&d["last_success"])
+        );
+        if let Some(error) = d["last_error"].as_str() {
+            println!("    last error {}: {error}", ago(&d["last_error_at"]));
+        }
+    }
 }
 
 fn zero_counts<const N: usize>(states: [&str; N]) -> Map<String, Value> {
@@ -159,4 +220,5 @@ fn print_text(status: &Value) {
             job["message"].as_str().unwrap_or("")
         );
     }
+    print_destinations(status);
 }

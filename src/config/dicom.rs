@@ -1,5 +1,7 @@
-//! `[dicom.listen]`: the C-STORE SCP. Types here, checks that need more than
-//! one value (AE title syntax, addresses, an empty allow-list) in [`check`].
+//! `[dicom.listen]` (the C-STORE SCP) and `[[destinations]]` (where
+//! pipelines send their outputs). Types here; checks that need more than
+//! one value (AE title syntax, addresses, names) in [`check`] and
+//! [`check_destinations`].
 
 use super::units::{ByteSize, HumanDuration};
 use super::{ranges, Diagnostic, Diagnostics};
@@ -97,6 +99,137 @@ impl AllowedPeer {
     pub fn host_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.hosts.iter().filter_map(|host| host.get_ref().parse().ok())
     }
+}
+
+/// A peer synthd sends outputs to (C-STORE SCU), named by pipelines'
+/// `[output] destinations`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Lower-case letters, digits and dashes; what pipelines and `synthd status` call it.
+    pub name: Spanned<String>,
+    /// The AE title synthd calls.
+    pub ae_title: Spanned<String>,
+    /// IP address or host name.
+    pub host: Spanned<String>,
+    #[serde(deserialize_with = "ranges::u32_in::<1, 65535, _>")]
+    pub port: u32,
+    /// The AE title synthd calls from.
+    #[serde(default = "default_calling_ae_title")]
+    pub calling_ae_title: Spanned<String>,
+    /// The largest PDU synthd accepts from the peer.
+    #[serde(default = "default_max_pdu")]
+    pub max_pdu: Spanned<ByteSize>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// For each response from the peer.
+    #[serde(default = "default_send_read_timeout")]
+    pub read_timeout: HumanDuration,
+    /// The first retry after a transient failure; each next one waits twice
+    /// as long (with jitter), up to `retry_max`.
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial: HumanDuration,
+    #[serde(default = "default_retry_max")]
+    pub retry_max: HumanDuration,
+}
+
+fn default_calling_ae_title() -> Spanned<String> {
+    Spanned::new(0..0, "SYNTHD".to_string())
+}
+fn default_send_read_timeout() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+fn default_retry_initial() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+fn default_retry_max() -> HumanDuration {
+    HumanDuration::from_secs(600)
+}
+
+impl Destination {
+    pub fn peer(&self) -> crate::net::scu::Peer {
+        crate::net::scu::Peer {
+            calling_ae_title: self.calling_ae_title.get_ref().trim().to_string(),
+            called_ae_title: self.ae_title.get_ref().trim().to_string(),
+            address: format!("{}:{}", self.host.get_ref(), self.port),
+            max_pdu: self.max_pdu.get_ref().0.min(u32::MAX as u64) as u32,
+            connect_timeout: self.connect_timeout.as_duration(),
+            read_timeout: self.read_timeout.as_duration(),
+        }
+    }
+}
+
+/// `[[destinations]]` checks, and every pipeline's `[output] destinations`
+/// naming one of them (reported in the pipeline's file).
+pub fn check_destinations(
+    file: &Path,
+    source: &str,
+    destinations: &[Destination],
+    pipelines: &[super::LoadedPipeline],
+) -> Diagnostics {
+    let mut problems = Diagnostics::default();
+    let mut names = std::collections::HashSet::new();
+    for destination in destinations {
+        let mut at = |span: std::ops::Range<usize>, message: String| {
+            problems.push(Diagnostic::at_span(file, source, span, message));
+        };
+        let name = destination.name.get_ref();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            at(
+                destination.name.span(),
+                format!("{name:?} is not a destination name; expected lower-case letters, digits and dashes"),
+            );
+        } else if !names.insert(name.clone()) {
+            at(
+                destination.name.span(),
+                format!("two destinations are named {name:?}; expected unique names"),
+            );
+        }
+        for title in [&destination.ae_title, &destination.calling_ae_title] {
+            if let Some(message) = ae_title_problem(title.get_ref()) {
+                at(title.span(), message);
+            }
+        }
+        if destination.host.get_ref().trim().is_empty() {
+            at(
+                destination.host.span(),
+                "the host is empty; expected an IP address or host name".into(),
+            );
+        }
+        if !MAX_PDU_RANGE.contains(&destination.max_pdu.get_ref().0) {
+            at(
+                destination.max_pdu.span(),
+                "out of range; expected between 4KiB and 16MiB".into(),
+            );
+        }
+        if destination.retry_initial.as_duration().is_zero() || destination.retry_max < destination.retry_initial {
+            at(
+                destination.name.span(),
+                "retry_initial must be above zero and at most retry_max".into(),
+            );
+        }
+    }
+    for pipeline in pipelines {
+        for wanted in &pipeline.pipeline.output.destinations {
+            if !names.contains(wanted.get_ref()) {
+                problems.push(Diagnostic::at_span(
+                    &pipeline.file,
+                    &pipeline.source,
+                    wanted.span(),
+                    format!(
+                        "no [[destinations]] entry in {} is named {:?}; add one or remove it here",
+                        file.display(),
+                        wanted.get_ref()
+                    ),
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// Why `title` is not an AE title (PS3.5 6.2: at most 16 characters of the

@@ -41,6 +41,9 @@ pub struct RawConfig {
     pub dicom: dicom::DicomSettings,
     /// The Prometheus endpoint and status page; off when absent.
     pub metrics: Option<metrics::MetricsSettings>,
+    /// Where pipelines send their outputs over DICOM (see `dicom.rs`).
+    #[serde(default)]
+    pub destinations: Vec<dicom::Destination>,
     /// Pipeline files, or folders whose `*.toml` files are pipelines.
     #[serde(default)]
     pub pipelines: Vec<Spanned<PathBuf>>,
@@ -392,6 +395,7 @@ impl Config {
                 Err(message) => problems.push(Diagnostic::at_span(file, source, entry.span(), message)),
             }
         }
+        problems.extend(dicom::check_destinations(file, source, &raw.destinations, &pipelines));
         let mut names: Vec<&str> = pipelines.iter().map(LoadedPipeline::name).collect();
         names.sort_unstable();
         for pair in names.windows(2) {

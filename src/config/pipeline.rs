@@ -445,6 +445,10 @@ pub struct Output {
     /// Also write `manifest.csv` beside `manifest.jsonl`.
     #[serde(default)]
     pub csv: bool,
+    /// `[[destinations]]` of synthd.toml that receive every DICOM output
+    /// (de-identified series, synthetic series, SEG) over C-STORE.
+    #[serde(default)]
+    pub destinations: Vec<Spanned<String>>,
 }
 
 impl Default for Output {
@@ -454,6 +458,7 @@ impl Default for Output {
             seg: true,
             preview: false,
             csv: false,
+            destinations: Vec::new(),
         }
     }
 }

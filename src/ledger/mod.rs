@@ -9,7 +9,10 @@
 //! folder is private (0750) like the work and archive folders.
 
 pub mod lock;
+mod sends;
 pub mod shard;
+
+pub use sends::{DestinationSummary, FinishedJob, Send, SendState};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -271,6 +274,7 @@ impl Ledger {
         // FULL: a committed transition survives power loss, not only a crash.
         conn.pragma_update(None, "synchronous", "FULL").map_err(wrap)?;
         conn.execute_batch(SCHEMA).map_err(wrap)?;
+        conn.execute_batch(sends::SCHEMA).map_err(wrap)?;
         Ok(Ledger { conn, path })
     }
 

@@ -5,9 +5,11 @@
 
 pub mod accept;
 pub mod dimse;
+pub mod export;
 pub mod scp;
 pub mod scu;
 pub mod store;
 pub mod uid;
 
+pub use export::Exporter;
 pub use scp::Scp;

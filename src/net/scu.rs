@@ -118,7 +118,8 @@ impl Association {
             .ok_or_else(|| ScuError::NoPresentationContext("Verification".into()))?;
         let command = CommandSet::c_echo_rq(self.message_id());
         self.send_command(id, &command)?;
-        self.response(command_field::C_ECHO_RSP)
+        let response = self.response(command_field::C_ECHO_RSP)?;
+        Ok(response.status.unwrap_or(Status::PROCESSING_FAILURE))
     }
 
     /// Sends one data set on context `id` and returns the peer's status.
@@ -129,12 +130,28 @@ impl Association {
         sop_instance_uid: &str,
         data_set: &[u8],
     ) -> Result<Status, ScuError> {
+        self.store_with_comment(id, sop_class_uid, sop_instance_uid, data_set)
+            .map(|(status, _)| status)
+    }
+
+    /// [`Association::store`], with the response's Error Comment.
+    pub fn store_with_comment(
+        &mut self,
+        id: u8,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        data_set: &[u8],
+    ) -> Result<(Status, Option<String>), ScuError> {
         let command = CommandSet::c_store_rq(self.message_id(), sop_class_uid, sop_instance_uid);
         self.send_command(id, &command)?;
         let mut writer = self.inner.send_pdata(id);
         writer.write_all(data_set).map_err(|e| lost_or_timeout(&e))?;
         writer.finish().map_err(|e| lost_or_timeout(&e))?;
-        self.response(command_field::C_STORE_RSP)
+        let response = self.response(command_field::C_STORE_RSP)?;
+        Ok((
+            response.status.unwrap_or(Status::PROCESSING_FAILURE),
+            response.error_comment,
+        ))
     }
 
     pub fn release(self) {
@@ -164,7 +181,7 @@ impl Association {
     }
 
     /// Reads PDUs until the response to the request just sent is whole.
-    fn response(&mut self, expected: u16) -> Result<Status, ScuError> {
+    fn response(&mut self, expected: u16) -> Result<CommandSet, ScuError> {
         let mut assembler = Assembler::new(1 << 20);
         loop {
             let pdu = self.inner.receive().map_err(|error| {
@@ -190,7 +207,7 @@ impl Association {
                             .status
                             .ok_or_else(|| ScuError::Protocol("a response without Status".into()))?;
                         if !status.is_pending() {
-                            return Ok(status);
+                            return Ok(command);
                         }
                     }
                 }

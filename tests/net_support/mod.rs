@@ -36,6 +36,34 @@ pub fn add_listen(config: &Path, port: u16, allowed: &[&str], extra: &str) {
     fs::write(config, text).unwrap();
 }
 
+/// Appends a `[[destinations]]` entry and routes every pipeline of the
+/// layout there too (`[output] destinations`).
+pub fn add_destination(config: &Path, name: &str, calling: &str, port: u16) {
+    let mut text = fs::read_to_string(config).unwrap();
+    text.push_str(&format!(
+        "\n[[destinations]]\nname = \"{name}\"\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+         calling_ae_title = \"{calling}\"\nretry_initial = \"200ms\"\nretry_max = \"1s\"\nconnect_timeout = \"2s\"\n"
+    ));
+    fs::write(config, text).unwrap();
+    let pipelines = config.parent().unwrap().join("pipelines");
+    for entry in fs::read_dir(pipelines).unwrap().flatten() {
+        let text = fs::read_to_string(entry.path()).unwrap();
+        let routed = match text.find("destinations = [") {
+            Some(_) => text.replacen("destinations = [", &format!("destinations = [\"{name}\", "), 1),
+            None => text.replacen("[output]\n", &format!("[output]\ndestinations = [\"{name}\"]\n"), 1),
+        };
+        fs::write(entry.path(), routed).unwrap();
+    }
+}
+
+/// The destination's entry in `synthd status --json`.
+pub fn destination(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["destinations"]
+        .as_array()
+        .and_then(|all| all.iter().find(|d| d["name"] == name).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// Waits until something accepts TCP connections on `port`.
 pub fn wait_for_port(port: u16, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -172,6 +200,21 @@ impl Orthanc {
             self.log()
         );
         serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn delete(&self, path: &str) {
+        let output = run("curl", &["-sf", "--max-time", "20", "-X", "DELETE", &self.url(path)]);
+        assert!(output.status.success(), "DELETE {path} failed\n{}", self.log());
+    }
+
+    /// Every instance's tags as text, for searching.
+    pub fn all_tags(&self) -> String {
+        let mut text = String::new();
+        for id in self.get("/instances").as_array().cloned().unwrap_or_default() {
+            let id = id.as_str().unwrap();
+            text.push_str(&self.get(&format!("/instances/{id}/tags?simplify")).to_string());
+        }
+        text
     }
 
     /// Uploads Part 10 files; returns the Orthanc study ID they belong to.
