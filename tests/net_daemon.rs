@@ -78,6 +78,30 @@ fn dcmtk_echo_and_store_feed_intake_and_a_stranger_is_refused() {
     wait_until(Duration::from_secs(10), "the inbox emptied", || {
         files_under(&layout.path("inbox")).is_empty()
     });
+    // The same instance again is an identical duplicate, recorded as such;
+    // another with the same UID and other pixels is kept, in quarantine.
+    let conflicting = layout.dir.path().join("conflicting.dcm");
+    fs::write(&conflicting, mr_bytes_with(31, 1, 2, 9)).unwrap();
+    for file in [files[0].display().to_string(), conflicting.display().to_string()] {
+        let again = run(
+            "storescu",
+            &["-aet", "STORESCU", "-aec", "SYNTHD", "127.0.0.1", &port_arg, &file],
+        );
+        assert!(
+            again.status.success(),
+            "storescu: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "a duplicate and a conflicting duplicate",
+        || {
+            count(&layout.status(), "instances", "duplicate") == 1
+                && quarantine_codes(&layout) == ["conflicting-duplicate"]
+        },
+    );
+    assert_eq!(outputs(&layout), 5);
     let log = layout.log();
     assert!(log.contains("association rejected"), "{log}");
     assert_no_phi(&log);

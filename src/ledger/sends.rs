@@ -154,10 +154,12 @@ impl Ledger {
         files: &[PathBuf],
     ) -> Result<usize, LedgerError> {
         let now = now();
-        let transaction = self.conn.transaction().map_err(|e| LedgerError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
+        let path = self.path.clone();
+        let wrap = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let transaction = self.conn.transaction().map_err(wrap)?;
         let mut added = 0;
         {
             let mut insert = transaction
@@ -165,18 +167,12 @@ impl Ledger {
                     "INSERT OR IGNORE INTO sends (destination, path, job_id, state, next_attempt, created, updated)
                      VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?4)",
                 )
-                .map_err(|e| LedgerError::Sqlite {
-                    path: self.path.clone(),
-                    source: e,
-                })?;
+                .map_err(wrap)?;
             for destination in destinations {
                 for file in files {
                     added += insert
                         .execute(params![destination, file.to_string_lossy(), job, now])
-                        .map_err(|e| LedgerError::Sqlite {
-                            path: self.path.clone(),
-                            source: e,
-                        })?;
+                        .map_err(wrap)?;
                 }
             }
             transaction
@@ -184,15 +180,9 @@ impl Ledger {
                     "INSERT OR IGNORE INTO send_jobs (job_id, examined) VALUES (?1, ?2)",
                     params![job, now],
                 )
-                .map_err(|e| LedgerError::Sqlite {
-                    path: self.path.clone(),
-                    source: e,
-                })?;
+                .map_err(wrap)?;
         }
-        transaction.commit().map_err(|e| LedgerError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
+        transaction.commit().map_err(wrap)?;
         Ok(added)
     }
 
@@ -232,23 +222,30 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 
-    /// The peer acknowledged the instance.
-    pub fn send_acknowledged(&self, id: i64, destination: &str) -> Result<(), LedgerError> {
+    /// The peer acknowledged the instance: one commit (one fsync) records
+    /// the send and the destination's last success.
+    pub fn send_acknowledged(&mut self, id: i64, destination: &str) -> Result<(), LedgerError> {
         let now = now();
-        self.conn
+        let path = self.path.clone();
+        let wrap = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let transaction = self.conn.transaction().map_err(wrap)?;
+        transaction
             .execute(
                 "UPDATE sends SET state = 'sent', attempts = attempts + 1, reason = NULL, updated = ?2 WHERE id = ?1",
                 params![id, now],
             )
-            .map_err(|e| self.err(e))?;
-        self.conn
+            .map_err(wrap)?;
+        transaction
             .execute(
                 "INSERT INTO send_destinations (name, last_success) VALUES (?1, ?2)
                  ON CONFLICT(name) DO UPDATE SET last_success = ?2",
                 params![destination, now],
             )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+            .map_err(wrap)?;
+        transaction.commit().map_err(wrap)
     }
 
     /// A transient failure: try again at `next_attempt`.
