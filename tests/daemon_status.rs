@@ -55,8 +55,11 @@ fn status_json_with_a_broken_config_is_json_with_the_error_and_exit_1() {
 fn status_says_a_daemon_holds_the_ledger_and_a_second_daemon_refuses_to_start() {
     let layout = Layout::new();
     let mut daemon = layout.start(&[]);
+    // The daemon holds its lock a moment before it has created the ledger's
+    // schema; status says "ledger": null until then.
     wait_until(Duration::from_secs(10), "the daemon to take the ledger", || {
-        parsed(&status(&layout, true))["daemon"]["running"] == true
+        let value = parsed(&status(&layout, true));
+        value["daemon"]["running"] == true && value["ledger"].is_string()
     });
     let value = parsed(&status(&layout, true));
     assert_eq!(value["daemon"]["pid"], daemon.child.id(), "{value}");
