@@ -25,11 +25,17 @@ pub enum ReasonCode {
     NotARegularFile,
     ModelFailure,
     InvalidPixelData,
+    /// No longer given: an invalid UID that is present is remapped. Kept so
+    /// that reasons recorded by earlier versions still read.
     InvalidUid,
     /// A study's SEG has a segment whose code matches no label plane of the model.
     SegCodesUnmatched,
     /// A synthetic series failed its fidelity check (`[synth.qc] on_fail = "quarantine"`).
     SynthesisQcFailed,
+    /// A required UID other than the study's (SOP Instance, Series) is missing.
+    MissingUid,
+    /// The instance belongs to no study (no Study Instance UID), e.g. a Color Palette.
+    NoStudy,
 }
 
 impl ReasonCode {
@@ -70,6 +76,8 @@ impl ReasonCode {
             ReasonCode::InvalidUid => "invalid-uid",
             ReasonCode::SegCodesUnmatched => "seg-codes-unmatched",
             ReasonCode::SynthesisQcFailed => "synthesis-qc-failed",
+            ReasonCode::MissingUid => "missing-uid",
+            ReasonCode::NoStudy => "no-study",
         }
     }
 }

@@ -690,6 +690,14 @@ impl Walk<'_> {
             }
             None => self.default_action(element),
         };
+        // Retain UIDs keeps UIDs as they are; an invalid one (leading zeros,
+        // over 64 characters, stray characters: common in real archives)
+        // would make the output invalid, so it alone is remapped.
+        let action = if action == Action::Keep && vr == VR::UI && self.retain_uids() && has_invalid_uid(element) {
+            Action::Uid
+        } else {
+            action
+        };
         if top && action == Action::Keep {
             if let Some(&(_, keyword)) = IDENTIFYING.iter().find(|(t, _)| *t == tag) {
                 self.kept_identifying.insert(keyword);
@@ -716,7 +724,7 @@ impl Walk<'_> {
         match element.vr() {
             VR::UI => {
                 let values = multi_str(element);
-                if values.iter().all(|v| v.is_empty() || uid::is_registered(v)) || self.retain_uids() {
+                if values.iter().all(|v| v.is_empty() || is_standard_uid(v)) || self.retain_uids() {
                     Action::Keep
                 } else {
                     Action::Uid
@@ -841,11 +849,17 @@ impl Walk<'_> {
         // Reached only when the effective action is U: rows that Retain UIDs
         // does not mark K (e.g. Digital Signature UID) are remapped even then.
         let keyword = keyword_of(element.tag());
-        let mapped: Vec<String> = multi_str(element)
+        let mut values = multi_str(element);
+        // A single-valued UID with a stray backslash is one (invalid) UID,
+        // mapped whole, not two.
+        if values.len() > 1 && SINGLE_VALUED_UIDS.contains(&element.tag()) {
+            values = vec![values.join("\\")];
+        }
+        let mapped: Vec<String> = values
             .iter()
             .map(|original| {
                 let original = original.trim_end_matches('\0').trim();
-                if original.is_empty() || uid::is_registered(original) {
+                if original.is_empty() || is_standard_uid(original) {
                     return original.to_string();
                 }
                 let replacement = uid::map_uid(&self.d.key, original);
@@ -864,6 +878,27 @@ impl Walk<'_> {
                 .insert((attribute.to_string(), original), replacement.to_string());
         }
     }
+}
+
+/// UIDs that name one thing (VM 1) and that instances are filed by.
+const SINGLE_VALUED_UIDS: &[Tag] = &[
+    tags::STUDY_INSTANCE_UID,
+    tags::SERIES_INSTANCE_UID,
+    tags::SOP_INSTANCE_UID,
+    tags::FRAME_OF_REFERENCE_UID,
+    tags::MEDIA_STORAGE_SOP_INSTANCE_UID,
+];
+
+/// A registered UID (SOP class, transfer syntax, coding scheme), kept as
+/// is. An invalid value under the DICOM root is no registered UID.
+fn is_standard_uid(value: &str) -> bool {
+    uid::is_registered(value) && uid::is_valid(value)
+}
+
+fn has_invalid_uid(element: &InMemElement) -> bool {
+    multi_str(element)
+        .iter()
+        .any(|value| !value.trim().is_empty() && !uid::is_valid(value.trim()))
 }
 
 fn keyword_of(tag: Tag) -> String {
@@ -923,21 +958,34 @@ fn parts_of(value: &str) -> Vec<String> {
         .collect()
 }
 
-/// The instance's UID as one valid UID (digits and dots, at most 64 characters).
+/// The instance's UID as one valid UID. A missing one is the instance's
+/// fault; an invalid one cannot come out of the walk, which remaps every
+/// invalid UID it keeps.
 fn valid_uid(object: &InMemDicomObject, tag: Tag, name: &str) -> Result<String, Rejection> {
-    let value = string_of(object, tag).unwrap_or_default();
-    let valid = !value.is_empty()
-        && value.len() <= 64
-        && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && !value.starts_with('.')
-        && !value.ends_with('.');
-    if valid {
-        Ok(value)
-    } else {
-        Err(Rejection::new(
+    match string_of(object, tag) {
+        None => Err(missing(tag, name)),
+        Some(value) if uid::is_valid(&value) => Ok(value),
+        Some(_) => Err(Rejection::new(
             ReasonCode::InvalidUid,
-            format!("the {name} is missing, multi-valued or not a valid UID"),
-        ))
+            format!("the {name} is not a valid UID after de-identification"),
+        )),
+    }
+}
+
+/// The rejection of an instance without the required UID `tag`: with no
+/// Study Instance UID it belongs to no study (`no-study`: Color Palettes,
+/// for one), otherwise `missing-uid`.
+pub(super) fn missing(tag: Tag, name: &str) -> Rejection {
+    if tag == tags::STUDY_INSTANCE_UID {
+        Rejection::new(
+            ReasonCode::NoStudy,
+            "the instance has no Study Instance UID (0020,000D): it belongs to no study (e.g. a Color Palette); synthd handles study instances only",
+        )
+    } else {
+        Rejection::new(
+            ReasonCode::MissingUid,
+            format!("the required {name} is missing; the instance cannot be named or referenced"),
+        )
     }
 }
 

@@ -43,11 +43,11 @@ pub fn read_header(path: &Path) -> Result<HeaderSummary, Rejection> {
     let text = |tag| super::engine::string_of(&header, tag).unwrap_or_default();
     let study = text(tags::STUDY_INSTANCE_UID);
     let sop = text(tags::SOP_INSTANCE_UID);
-    if study.is_empty() || sop.is_empty() {
-        return Err(Rejection::new(
-            ReasonCode::InvalidUid,
-            "the header has no Study Instance UID or SOP Instance UID",
-        ));
+    if study.is_empty() {
+        return Err(super::engine::missing(tags::STUDY_INSTANCE_UID, "Study Instance UID"));
+    }
+    if sop.is_empty() {
+        return Err(super::engine::missing(tags::SOP_INSTANCE_UID, "SOP Instance UID"));
     }
     Ok(HeaderSummary {
         study_instance_uid: Phi::new(study),

@@ -35,6 +35,18 @@ pub fn is_registered(uid: &str) -> bool {
     uid.starts_with(DICOM_ROOT) || REGISTERED_ELSEWHERE.contains(&uid)
 }
 
+/// Whether `uid` is a valid UID (PS3.5 9.1): at most 64 characters, dot-
+/// separated numeric components, none empty, none with a leading zero.
+pub fn is_valid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid.split('.').all(|component| {
+            !component.is_empty()
+                && component.bytes().all(|b| b.is_ascii_digit())
+                && (component == "0" || !component.starts_with('0'))
+        })
+}
+
 /// The keyed replacement of an instance UID.
 pub fn map_uid(key: &SiteKey, uid: &str) -> String {
     let digest = keyed_digest(key, "synthd/uid", &[uid.as_bytes()]);
@@ -58,5 +70,14 @@ mod tests {
         assert!(mapped[5..].bytes().all(|b| b.is_ascii_digit()));
         assert!(is_registered("1.2.840.10008.5.1.4.1.1.4"));
         assert!(!is_registered(uid));
+    }
+
+    #[test]
+    fn validity_follows_ps3_5_9_1() {
+        assert!(is_valid("1.2.840.10008.5.1.4.1.1.4"));
+        assert!(is_valid("2.25.0.10"));
+        for invalid in ["", "1.02.3", "1..2", ".1.2", "1.2.", "1.2.3a", "1.2 .3", &"1.2".repeat(22)] {
+            assert!(!is_valid(invalid), "{invalid:?}");
+        }
     }
 }

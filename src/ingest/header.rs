@@ -54,8 +54,8 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, Rejection> {
         .filter(|v| !v.is_empty())
         .ok_or_else(|| {
             Rejection::new(
-                ReasonCode::NotDicom,
-                "Study Instance UID (0020,000D) is missing; cannot group the instance into a study",
+                ReasonCode::NoStudy,
+                "Study Instance UID (0020,000D) is missing: the instance belongs to no study (e.g. a Color Palette); synthd handles study instances only",
             )
         })?;
     let sop = text(tags::SOP_INSTANCE_UID)
@@ -70,7 +70,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, Rejection> {
             )
         })
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| Rejection::new(ReasonCode::NotDicom, "SOP Instance UID (0008,0018) is missing"))?;
+        .ok_or_else(|| Rejection::new(ReasonCode::MissingUid, "SOP Instance UID (0008,0018) is missing"))?;
     let sop_class = text(tags::SOP_CLASS_UID).unwrap_or_else(|| {
         object
             .meta()
