@@ -150,11 +150,10 @@ impl InputRecord {
     /// `relative` named, with the size and digest of `bytes` when the input
     /// was read.
     pub fn new(relative: &Path, bytes: Option<&[u8]>) -> InputRecord {
-        use sha2::Digest;
         InputRecord {
             path: relative.to_string_lossy().into_owned(),
             size: bytes.map(|b| b.len() as u64),
-            sha256: bytes.map(|b| sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()),
+            sha256: bytes.map(sha256_hex),
         }
     }
 
@@ -173,11 +172,23 @@ impl InputRecord {
     }
 }
 
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Writes `dir/reason.json` durably (temp file, fsync, rename, fsync dir).
-pub fn write_reason(dir: &Path, rejection: &Rejection, stage: Stage, file: Option<&str>) -> std::io::Result<PathBuf> {
+pub fn write_reason(
+    dir: &Path,
+    rejection: &Rejection,
+    stage: Stage,
+    file: Option<&str>,
+    input: Option<InputRecord>,
+) -> std::io::Result<PathBuf> {
     fsutil::create_private_dir(dir)?;
     let path = dir.join("reason.json");
-    fsutil::write_atomic(&path, &reason_json(rejection, stage, file, None)?, 0o640)?;
+    fsutil::write_atomic(&path, &reason_json(rejection, stage, file, input)?, 0o640)?;
     Ok(path)
 }
 
@@ -334,7 +345,7 @@ mod tests {
     fn reason_json_round_trips_with_kebab_codes() {
         let dir = tempfile::tempdir().unwrap();
         let rejection = Rejection::new(ReasonCode::ConflictingDuplicate, "second copy differs");
-        let path = write_reason(&dir.path().join("job"), &rejection, Stage::Ingest, Some("a.dcm")).unwrap();
+        let path = write_reason(&dir.path().join("job"), &rejection, Stage::Ingest, Some("a.dcm"), None).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"code\": \"conflicting-duplicate\""), "{text}");
         assert!(text.contains("\"stage\": \"ingest\""), "{text}");

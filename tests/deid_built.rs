@@ -51,7 +51,13 @@ fn mr(study: Option<&str>, series: Option<&str>, sop: &str, extra: Vec<InMemElem
 }
 
 fn uid_of(object: &InMemDicomObject, tag: Tag) -> String {
-    object.get(tag).unwrap().to_str().unwrap().trim_end_matches('\0').to_string()
+    object
+        .get(tag)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string()
 }
 
 /// A Referenced Series Sequence (kept: no row of Table E.1-1) naming one
@@ -68,7 +74,12 @@ fn reference_to(series: &str, sop: &str) -> InMemElement {
 
 /// The (series, SOP instance) a [`reference_to`] names after de-identification.
 fn referenced(deidentified: &Deidentified) -> (String, String) {
-    let series = &deidentified.object().get(tags::REFERENCED_SERIES_SEQUENCE).unwrap().items().unwrap()[0];
+    let series = &deidentified
+        .object()
+        .get(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
     let instance = &series.get(tags::REFERENCED_INSTANCE_SEQUENCE).unwrap().items().unwrap()[0];
     (
         uid_of(series, tags::SERIES_INSTANCE_UID),
@@ -113,8 +124,12 @@ mod uids_in_real_archives {
     fn are_remapped_to_valid_uids_consistently_instead_of_quarantined() {
         let deidentifier = deidentifier(&[]);
         let (first, second) = pair();
-        let first = deidentifier.deidentify_object(first).expect("remapped, not quarantined");
-        let second = deidentifier.deidentify_object(second).expect("remapped, not quarantined");
+        let first = deidentifier
+            .deidentify_object(first)
+            .expect("remapped, not quarantined");
+        let second = deidentifier
+            .deidentify_object(second)
+            .expect("remapped, not quarantined");
         for uid in [&first.study_uid, &first.series_uid, &first.sop_instance_uid] {
             assert!(is_valid_uid(uid) && uid.starts_with("2.25."), "{uid}");
         }
@@ -123,9 +138,16 @@ mod uids_in_real_archives {
         // One study, one series, and the reference still points at the first.
         assert_eq!(first.study_uid, second.study_uid);
         assert_eq!(first.series_uid, second.series_uid);
-        assert_eq!(referenced(&second), (first.series_uid.clone(), first.sop_instance_uid.clone()));
+        assert_eq!(
+            referenced(&second),
+            (first.series_uid.clone(), first.sop_instance_uid.clone())
+        );
         let series = first.object().get(tags::SERIES_INSTANCE_UID).unwrap();
-        assert_eq!(series.to_multi_str().unwrap().len(), 1, "a stray backslash makes no second value");
+        assert_eq!(
+            series.to_multi_str().unwrap().len(),
+            1,
+            "a stray backslash makes no second value"
+        );
     }
 
     #[test]
@@ -145,7 +167,12 @@ mod uids_in_real_archives {
     #[test]
     fn a_missing_study_is_no_study_and_another_missing_uid_is_missing_uid() {
         let deidentifier = deidentifier(&[]);
-        let palette = mr(None, Some("1.2.826.0.1.3680043.10.997.7"), "1.2.826.0.1.3680043.10.997.8", vec![]);
+        let palette = mr(
+            None,
+            Some("1.2.826.0.1.3680043.10.997.7"),
+            "1.2.826.0.1.3680043.10.997.8",
+            vec![],
+        );
         let rejection = deidentifier.deidentify_object(palette).unwrap_err();
         assert_eq!(rejection.code, ReasonCode::NoStudy);
         assert_eq!(rejection.code.as_str(), "no-study");
@@ -158,7 +185,9 @@ mod uids_in_real_archives {
         // The header read of `process` and `deid` says the same.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("palette.dcm");
-        mr(None, None, "1.2.826.0.1.3680043.10.997.10", vec![]).write_to_file(&path).unwrap();
+        mr(None, None, "1.2.826.0.1.3680043.10.997.10", vec![])
+            .write_to_file(&path)
+            .unwrap();
         assert_eq!(synthd::deid::read_header(&path).unwrap_err().code, ReasonCode::NoStudy);
     }
 }

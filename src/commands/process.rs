@@ -450,7 +450,7 @@ impl Quarantine<'_> {
     /// `<series>-synth/reason.json`, recorded like an input.
     fn series(&self, series: &str, rejection: &Rejection, study: &StudyKey) -> Result<()> {
         let folder = format!("{series}-synth");
-        quarantine::write_reason(&self.dir.join(&folder), rejection, Stage::Synth, None)
+        quarantine::write_reason(&self.dir.join(&folder), rejection, Stage::Synth, None, None)
             .with_context(|| format!("process: cannot quarantine into {}", self.dir.display()))?;
         self.ledger
             .quarantined(&folder, Some(study.as_str()), rejection.code.as_str(), &folder)

@@ -536,7 +536,7 @@ impl<E: Engine> Daemon<E> {
                     .paths
                     .quarantine
                     .join(format!("{}-synth-{pipeline}", ledger::job_name(job)));
-                if let Err(error) = quarantine::write_reason(&dir, &rejection, Stage::Synth, None) {
+                if let Err(error) = quarantine::write_reason(&dir, &rejection, Stage::Synth, None, None) {
                     self.io_fault("synth", &error);
                 }
                 crate::metrics::get().quarantine(rejection.code);
@@ -803,9 +803,13 @@ impl<E: Engine> Daemon<E> {
             _ => "input.dcm",
         };
         let existing_reason = quarantine::read_reason(&dir).ok();
+        let input = match existing_reason {
+            None => self.input_record(job, source)?,
+            Some(_) => None,
+        };
         let moved = || -> std::io::Result<()> {
             if existing_reason.is_none() {
-                quarantine::write_reason(&dir, rejection, stage, Some(name))?;
+                quarantine::write_reason(&dir, rejection, stage, Some(name), input)?;
             }
             if kind.is_some() {
                 let target = dir.join(
@@ -837,6 +841,35 @@ impl<E: Engine> Daemon<E> {
             }
         }
         Ok(())
+    }
+
+    /// What `reason.json` says of a quarantined input: its path as it arrived
+    /// under the inbox, its size and SHA-256 (recorded by intake, else
+    /// read from `source`). `None` when the ledger has no instance for the job.
+    fn input_record(&self, job: i64, source: &Path) -> Result<Option<quarantine::InputRecord>, DaemonError> {
+        let Some(instance) = self.ledger.instances_of(job)?.into_iter().next() else {
+            return Ok(None);
+        };
+        let relative = instance
+            .inbox_path
+            .strip_prefix(&self.config.paths.inbox)
+            .unwrap_or(&instance.inbox_path);
+        let size = std::fs::symlink_metadata(source)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        let sha256 = if !instance.content_digest.is_empty() {
+            Some(instance.content_digest.clone())
+        } else if size.is_some() {
+            std::fs::read(source).ok().map(|bytes| quarantine::sha256_hex(&bytes))
+        } else {
+            None
+        };
+        Ok(Some(quarantine::InputRecord {
+            path: relative.to_string_lossy().into_owned(),
+            size,
+            sha256,
+        }))
     }
 
     /// At start: every job in an intermediate state resumes from its last durable state.

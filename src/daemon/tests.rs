@@ -161,11 +161,19 @@ fn studies_are_claimed_written_archived_and_duplicates_handled() {
     }
     for job in daemon.ledger.recent_quarantines(10).unwrap() {
         let folder = config.paths.quarantine.join(job.name());
-        assert_eq!(
-            crate::quarantine::read_reason(&folder).unwrap().code.as_str(),
-            job.reason_code.unwrap()
+        let reason = crate::quarantine::read_reason(&folder).unwrap();
+        assert_eq!(reason.code.as_str(), job.reason_code.unwrap());
+        let copy = std::fs::read(folder.join("input.dcm")).unwrap();
+        // Which input it was: its path under the inbox, size and digest.
+        let input = reason.input.expect("reason.json names the input");
+        assert!(
+            ["b.dcm", "junk.dcm", "conflict.dcm"].contains(&input.path.as_str()),
+            "{input:?}"
         );
-        assert!(folder.join("input.dcm").is_file());
+        assert_eq!(input.size, Some(copy.len() as u64));
+        use sha2::Digest;
+        let digest: String = sha2::Sha256::digest(&copy).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(input.sha256, Some(digest));
     }
 }
 

@@ -76,7 +76,16 @@ mod tests {
     fn validity_follows_ps3_5_9_1() {
         assert!(is_valid("1.2.840.10008.5.1.4.1.1.4"));
         assert!(is_valid("2.25.0.10"));
-        for invalid in ["", "1.02.3", "1..2", ".1.2", "1.2.", "1.2.3a", "1.2 .3", &"1.2".repeat(22)] {
+        for invalid in [
+            "",
+            "1.02.3",
+            "1..2",
+            ".1.2",
+            "1.2.",
+            "1.2.3a",
+            "1.2 .3",
+            &"1.2".repeat(22),
+        ] {
             assert!(!is_valid(invalid), "{invalid:?}");
         }
     }
