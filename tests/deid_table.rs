@@ -153,7 +153,7 @@ fn pseudonyms_attribution_and_meta_are_written() {
     assert_eq!(text(&output, Tag(0x0012, 0x0062)).as_deref(), Some("YES"));
     let method = text(&output, Tag(0x0012, 0x0063)).unwrap();
     assert!(
-        method.contains("PS3.15 2024b") && method.contains("Modified Dates"),
+        method.contains("PS3.15 2026c") && method.contains("Modified Dates"),
         "{method}"
     );
     let codes: Vec<String> = output

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 /// The edition the table was transcribed from; named in (0012,0063).
-pub const EDITION: &str = "2024b";
+pub const EDITION: &str = "2026c";
 
 const TABLE_TSV: &str = include_str!("table_e1_1.tsv");
 
@@ -277,10 +277,10 @@ mod tests {
     #[test]
     fn table_has_every_row_of_the_edition() {
         let table = Table::standard();
-        assert_eq!(table.rows.len(), 621, "PS3.15 2024b Table E.1-1 has 621 rows");
+        assert_eq!(table.rows.len(), 656, "PS3.15 2026c Table E.1-1 has 656 rows");
         let summary = TABLE_TSV.lines().last().unwrap();
-        assert_eq!(summary, "# rows: 621");
-        assert!(TABLE_TSV.starts_with("# DICOM PS3.15 2024b Table E.1-1"));
+        assert_eq!(summary, "# rows: 656");
+        assert!(TABLE_TSV.starts_with("# DICOM PS3.15 2026c Table E.1-1"));
     }
 
     #[test]
@@ -325,6 +325,16 @@ mod tests {
         );
         assert_eq!(
             row("ContentSequence").option(DeidOption::CleanStructuredContent),
+            Some(Action::Clean)
+        );
+        // Rows 2026c added to 2024b: waveform text and labels, names to use.
+        assert_eq!(row("WaveformAnnotationSequence").basic, Action::RemoveOrDummy);
+        assert_eq!(row("UnformattedTextValue").basic, Action::Dummy);
+        assert_eq!(row("MultiplexGroupLabel").basic, Action::Remove);
+        assert_eq!(row("ChannelLabel").basic, Action::Remove);
+        assert_eq!(row("NameToUse").basic, Action::Remove);
+        assert_eq!(
+            row("RequestingService").option(DeidOption::CleanDescriptors),
             Some(Action::Clean)
         );
     }
