@@ -191,3 +191,331 @@ mod uids_in_real_archives {
         assert_eq!(synthd::deid::read_header(&path).unwrap_err().code, ReasonCode::NoStudy);
     }
 }
+
+/// Every byte string of `needle` (any case) in `haystack`.
+fn contains_text(haystack: &[u8], needle: &str) -> bool {
+    let haystack = String::from_utf8_lossy(haystack).to_ascii_uppercase();
+    haystack.contains(&needle.to_ascii_uppercase())
+}
+
+fn item(elements: Vec<InMemElement>) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter(elements)
+}
+
+fn code(value: &str, meaning: &str) -> InMemElement {
+    sequence(
+        tags::CONCEPT_NAME_CODE_SEQUENCE,
+        vec![item(vec![
+            text(tags::CODE_VALUE, VR::SH, value),
+            text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, "DCM"),
+            text(tags::CODE_MEANING, VR::LO, meaning),
+        ])],
+    )
+}
+
+/// An instance of `sop_class` with the usual fake identity and UIDs.
+fn instance(sop_class: &str, sop: &str, modality: &str, extra: Vec<InMemElement>) -> DefaultDicomObject {
+    let mut object = mr(
+        Some("1.2.826.0.1.3680043.10.996.1"),
+        Some("1.2.826.0.1.3680043.10.996.2"),
+        sop,
+        extra,
+    );
+    object.put(text(tags::SOP_CLASS_UID, VR::UI, sop_class));
+    object.put(text(tags::MODALITY, VR::CS, modality));
+    object
+}
+
+mod leaks {
+    use super::*;
+
+    const NAME: &str = "FAKE^BUILT";
+
+    #[test]
+    fn waveform_annotation_text_and_multiplex_group_labels_do_not_survive() {
+        // A 12-lead ECG whose labels and annotation name the patient.
+        let channel = item(vec![text(Tag(0x003A, 0x0203), VR::SH, "BUILTCHAN")]);
+        let group = item(vec![
+            text(Tag(0x003A, 0x0020), VR::SH, "BUILTGROUP"),
+            sequence(Tag(0x003A, 0x0200), vec![channel]),
+            text(Tag(0x003A, 0x0005), VR::US, "1"),
+        ]);
+        let annotation = item(vec![
+            text(Tag(0x0070, 0x0006), VR::ST, "Patient FAKE^BUILT coughed"),
+            text(Tag(0x0040, 0xA180), VR::US, "1"),
+        ]);
+        let ecg = instance(
+            "1.2.840.10008.5.1.4.1.1.9.1.1",
+            "1.2.826.0.1.3680043.10.996.3",
+            "ECG",
+            vec![
+                sequence(Tag(0x5400, 0x0100), vec![group]),
+                sequence(Tag(0x0040, 0xB020), vec![annotation]),
+            ],
+        );
+        for options in [&[][..], &[DeidOption::CleanDescriptors][..]] {
+            let out = deidentifier(options).deidentify_object(ecg.clone()).unwrap();
+            let bytes = out.to_bytes().unwrap();
+            for planted in ["BUILTCHAN", "BUILTGROUP", "coughed", NAME] {
+                assert!(!contains_text(&bytes, planted), "{planted} survived with {options:?}");
+            }
+            assert!(
+                out.object().get(Tag(0x5400, 0x0100)).is_some(),
+                "the waveform itself stays"
+            );
+        }
+    }
+
+    /// An SR whose content names a UID, an image and the patient.
+    fn report(image_sop: &str) -> DefaultDicomObject {
+        let uid_item = item(vec![
+            text(tags::RELATIONSHIP_TYPE, VR::CS, "HAS OBS CONTEXT"),
+            text(tags::VALUE_TYPE, VR::CS, "UIDREF"),
+            code("121018", "Procedure Study Instance UID"),
+            text(tags::UID, VR::UI, "1.2.826.0.1.3680043.10.996.1"),
+        ]);
+        let image_item = item(vec![
+            text(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
+            text(tags::VALUE_TYPE, VR::CS, "IMAGE"),
+            sequence(
+                tags::REFERENCED_SOP_SEQUENCE,
+                vec![item(vec![
+                    text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, uids::MR_IMAGE_STORAGE),
+                    text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, image_sop),
+                ])],
+            ),
+        ]);
+        let text_item = item(vec![
+            text(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
+            text(tags::VALUE_TYPE, VR::CS, "TEXT"),
+            code("121071", "Finding"),
+            text(tags::TEXT_VALUE, VR::UT, "Seen with FAKE^BUILT"),
+        ]);
+        instance(
+            uids::COMPREHENSIVE_SR_STORAGE,
+            "1.2.826.0.1.3680043.10.996.4",
+            "SR",
+            vec![
+                text(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
+                code("18748-4", "Diagnostic Imaging Report"),
+                sequence(tags::CONTENT_SEQUENCE, vec![uid_item, image_item, text_item]),
+            ],
+        )
+    }
+
+    fn content(out: &Deidentified) -> Vec<InMemDicomObject> {
+        out.object()
+            .get(tags::CONTENT_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn uids_in_sr_content_items_are_remapped_like_the_instances_they_name() {
+        let image_sop = "1.2.826.0.1.3680043.10.996.5";
+        let image = mr(
+            Some("1.2.826.0.1.3680043.10.996.1"),
+            Some("1.2.826.0.1.3680043.10.996.2"),
+            image_sop,
+            vec![],
+        );
+        for options in [&[][..], &[DeidOption::CleanStructuredContent][..]] {
+            let d = deidentifier(options);
+            let image = d.deidentify_object(image.clone()).unwrap();
+            let sr = d.deidentify_object(report(image_sop)).unwrap();
+            let items = content(&sr);
+            assert_eq!(items.len(), 3, "{options:?}");
+            assert_eq!(uid_of(&items[0], tags::UID), image.study_uid, "{options:?}");
+            let referenced = &items[1].get(tags::REFERENCED_SOP_SEQUENCE).unwrap().items().unwrap()[0];
+            assert_eq!(
+                uid_of(referenced, tags::REFERENCED_SOP_INSTANCE_UID),
+                image.sop_instance_uid
+            );
+            assert!(!contains_text(&sr.to_bytes().unwrap(), NAME), "{options:?}");
+        }
+    }
+
+    #[test]
+    fn d_on_a_sequence_keeps_each_item_with_its_type_1_attributes() {
+        let sr = deidentifier(&[])
+            .deidentify_object(report("1.2.826.0.1.3680043.10.996.5"))
+            .unwrap();
+        for item in content(&sr) {
+            // Relationship Type, Value Type: present with their enumerated values.
+            assert!(["HAS OBS CONTEXT", "CONTAINS"].contains(&uid_of(&item, tags::RELATIONSHIP_TYPE).trim()));
+            assert!(!uid_of(&item, tags::VALUE_TYPE).trim().is_empty());
+            if let Some(concept) = item.get(tags::CONCEPT_NAME_CODE_SEQUENCE) {
+                let concept = &concept.items().unwrap()[0];
+                for tag in [tags::CODE_VALUE, tags::CODING_SCHEME_DESIGNATOR, tags::CODE_MEANING] {
+                    assert!(
+                        !uid_of(concept, tag).trim().is_empty(),
+                        "Type 1 {tag} is present and not empty"
+                    );
+                }
+            }
+        }
+    }
+}
+
+mod clean_pixel_data {
+    use super::*;
+    use synthd::config::pipeline::BurnedInPolicy;
+
+    const ROWS: usize = 480;
+    const COLUMNS: usize = 640;
+
+    fn starter() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("signatures/ctp-starter.toml")
+    }
+
+    fn with_signatures(burned_in_unknown: &[(&str, BurnedInPolicy)]) -> Deidentifier {
+        let profile = DeidProfile {
+            clean_pixel_data: Some(starter()),
+            burned_in_unknown: burned_in_unknown.iter().map(|(m, p)| (m.to_string(), *p)).collect(),
+            ..DeidProfile::default()
+        };
+        Deidentifier::new(SiteKey::from_bytes([7; 32]), &profile).unwrap()
+    }
+
+    /// A two-frame RGB ultrasound clip of an Acuson Sequoia, every sample 200,
+    /// Burned In Annotation absent.
+    fn clip(transfer_syntax: &str) -> DefaultDicomObject {
+        let mut object = instance(
+            "1.2.840.10008.5.1.4.1.1.3.1",
+            "1.2.826.0.1.3680043.10.996.6",
+            "US",
+            vec![
+                text(tags::MANUFACTURER, VR::LO, "ACUSON"),
+                text(tags::MANUFACTURER_MODEL_NAME, VR::LO, "SEQUOIA"),
+                DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(ROWS as u16)),
+                DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(COLUMNS as u16)),
+                text(tags::NUMBER_OF_FRAMES, VR::IS, "2"),
+                DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(3u16)),
+                text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"),
+                DataElement::new(tags::PLANAR_CONFIGURATION, VR::US, PrimitiveValue::from(0u16)),
+                DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(8u16)),
+                DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(8u16)),
+                DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(7u16)),
+                DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+                DataElement::new(
+                    tags::PIXEL_DATA,
+                    VR::OB,
+                    PrimitiveValue::from(vec![200u8; ROWS * COLUMNS * 3 * 2]),
+                ),
+            ],
+        );
+        object.meta_mut().transfer_syntax = transfer_syntax.to_string();
+        object
+    }
+
+    fn pixels(out: &Deidentified) -> Vec<u8> {
+        out.object().get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_matching_image_is_blanked_in_every_frame_and_declared_clean() {
+        let out = with_signatures(&[])
+            .deidentify_object(clip(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+            .unwrap();
+        let data = pixels(&out);
+        let frame = ROWS * COLUMNS * 3;
+        for (index, &sample) in data.iter().enumerate() {
+            // The Sequoia signature: [0, 0, 640, 30], the top 30 rows.
+            let row = (index % frame) / (COLUMNS * 3);
+            assert_eq!(sample, if row < 30 { 0 } else { 200 }, "sample {index}, row {row}");
+        }
+        assert_eq!(uid_of(out.object(), tags::BURNED_IN_ANNOTATION), "NO");
+        let codes = out
+            .object()
+            .get(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap();
+        assert!(codes.iter().any(|c| uid_of(c, tags::CODE_VALUE) == "113101"));
+        // And in the file as written.
+        let written = dicom_object::from_reader(&out.to_bytes().unwrap()[128..]).unwrap();
+        assert_eq!(
+            written.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().as_ref(),
+            &data[..]
+        );
+    }
+
+    #[test]
+    fn an_image_no_signature_matches_is_quarantined_unless_its_modality_is_accepted() {
+        let mut other = clip(uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        other.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(240u16)));
+        let rejection = with_signatures(&[]).deidentify_object(other.clone()).unwrap_err();
+        assert_eq!(rejection.code, ReasonCode::BurnedInAnnotationUnknown);
+        assert!(rejection.message.contains("no signature of"), "{}", rejection.message);
+        let accepted = with_signatures(&[("US", BurnedInPolicy::Accept)])
+            .deidentify_object(other)
+            .unwrap();
+        assert!(pixels(&accepted).iter().all(|&s| s == 200));
+        // Declared YES and matching: cleaned; quarantined by policy: not.
+        let mut declared = clip(uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        declared.put(text(tags::BURNED_IN_ANNOTATION, VR::CS, "YES"));
+        assert!(with_signatures(&[]).deidentify_object(declared).is_ok());
+        let refused = with_signatures(&[("US", BurnedInPolicy::Quarantine)])
+            .deidentify_object(clip(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+            .unwrap_err();
+        assert_eq!(refused.code, ReasonCode::BurnedInAnnotationUnknown);
+        // CT accepts by default, with or without signatures.
+        let mut ct = clip(uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        ct.put(text(tags::MODALITY, VR::CS, "CT"));
+        assert!(deidentifier(&[]).deidentify_object(ct).is_ok());
+    }
+
+    #[test]
+    fn compressed_pixels_that_match_are_refused_with_what_to_do() {
+        use dicom_core::value::{PixelFragmentSequence, Value};
+        let mut compressed = clip("1.2.840.10008.1.2.4.50");
+        compressed.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::PixelSequence(PixelFragmentSequence::new(
+                Vec::<u32>::new(),
+                vec![vec![0xFF, 0xD8, 0xFF, 0xD9]],
+            )),
+        ));
+        let rejection = with_signatures(&[]).deidentify_object(compressed).unwrap_err();
+        assert!(
+            rejection.message.contains("compressed") && rejection.message.contains("decompress"),
+            "{}",
+            rejection.message
+        );
+    }
+
+    #[test]
+    fn validate_names_file_line_and_column_of_a_bad_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("signatures.toml");
+        let good = std::fs::read_to_string(starter()).unwrap();
+        let validate = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            std::process::Command::new(env!("CARGO_BIN_EXE_synthd"))
+                .args(["validate", file.to_str().unwrap()])
+                .output()
+                .unwrap()
+        };
+        let ok = validate(&good);
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        assert!(String::from_utf8_lossy(&ok.stdout).contains("7 pixel signature(s)"));
+        let outside = good.replacen("[[0, 0, 640, 30]]", "[[0, 0, 641, 30]]", 1);
+        let line = outside.lines().position(|l| l.contains("[[0, 0, 641, 30]]")).unwrap() + 1;
+        let refused = validate(&outside);
+        assert_eq!(refused.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
+        assert!(
+            stderr.starts_with(&format!(
+                "{}:{line}:15: `signature.rectangles`: rectangle [0, 0, 641, 30] reaches outside the 640x480 image",
+                file.display()
+            )),
+            "{stderr}"
+        );
+        let malformed = validate(&good.replacen("rows = 480", "rows = -480", 1));
+        assert_eq!(malformed.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&malformed.stderr).contains(&format!("{}:", file.display())));
+    }
+}

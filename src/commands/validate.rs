@@ -1,4 +1,4 @@
-//! `synthd validate FILE...`: check daemon configs and pipelines before
+//! `synthd validate FILE...`: check daemon configs, pipelines and pixel signature files before
 //! anything runs. Exit 0 when all are valid, 2 when any is not.
 
 use crate::config::{self, Config, LoadedPipeline};
@@ -33,7 +33,10 @@ fn check(file: &PathBuf) -> Result<String, config::Diagnostics> {
             format!("cannot read: {error}"),
         )])
     })?;
-    if config::looks_like_pipeline(&source) {
+    if crate::deid::signatures::looks_like_signatures(&source) {
+        let set = crate::deid::signatures::SignatureSet::parse(file, &source)?;
+        Ok(format!("{} pixel signature(s)", set.signatures.len()))
+    } else if config::looks_like_pipeline(&source) {
         let loaded = LoadedPipeline::parse(file, source)?;
         check_models(&[&loaded], None)?;
         let kind = if loaded.pipeline.synth.is_some() {

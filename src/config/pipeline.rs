@@ -127,6 +127,54 @@ pub struct DeidProfile {
     /// XC, ES, OT) when Burned In Annotation is absent.
     #[serde(default)]
     pub accept_burned_in_unknown: bool,
+    /// A pixel signature file (`deid::signatures`) for the Clean Pixel Data
+    /// Option: matching images are blanked there and declared clean. Relative
+    /// to the pipeline file; resolved when the pipeline is loaded.
+    #[serde(default)]
+    pub clean_pixel_data: Option<PathBuf>,
+    /// What to do with an image whose Burned In Annotation (0028,0301) is
+    /// absent, by Modality (Secondary Capture SOP classes count as "SC";
+    /// "default" for the rest), over [`BurnedInPolicy::default_for`].
+    #[serde(default)]
+    pub burned_in_unknown: std::collections::BTreeMap<String, BurnedInPolicy>,
+}
+
+/// The policy for an image that does not say whether it carries burned-in text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BurnedInPolicy {
+    /// Take it as it is.
+    Accept,
+    /// Blank it by a matching pixel signature; quarantine it when none matches.
+    Clean,
+    /// Quarantine it.
+    Quarantine,
+}
+
+impl BurnedInPolicy {
+    /// Cross-sectional modalities accept; those that are often screens,
+    /// photographs or scanned documents, and images that name no modality,
+    /// need a signature.
+    pub fn default_for(modality: &str) -> BurnedInPolicy {
+        match modality {
+            "" | "US" | "SC" | "OT" | "XC" | "ES" | "GM" | "SM" | "DOC" => BurnedInPolicy::Clean,
+            _ => BurnedInPolicy::Accept,
+        }
+    }
+}
+
+impl DeidProfile {
+    /// The policy for an image of `modality` without Burned In Annotation.
+    pub fn burned_in_policy(&self, modality: &str) -> BurnedInPolicy {
+        if self.accept_burned_in_unknown {
+            return BurnedInPolicy::Accept;
+        }
+        self.burned_in_unknown
+            .get(modality)
+            .or_else(|| self.burned_in_unknown.get("default"))
+            .copied()
+            .unwrap_or_else(|| BurnedInPolicy::default_for(modality))
+    }
 }
 
 impl Default for DeidProfile {
@@ -137,6 +185,8 @@ impl Default for DeidProfile {
             date_shift_days: default_date_shift_days(),
             accept_burned_in: false,
             accept_burned_in_unknown: false,
+            clean_pixel_data: None,
+            burned_in_unknown: Default::default(),
         }
     }
 }
@@ -501,8 +551,11 @@ impl LoadedPipeline {
     }
 
     pub fn parse(file: &Path, source: String) -> Result<LoadedPipeline, Diagnostics> {
-        let pipeline: Pipeline =
+        let mut pipeline: Pipeline =
             toml::from_str(&source).map_err(|error| Diagnostics(vec![Diagnostic::from_toml(file, &source, &error)]))?;
+        if let Some(signatures) = &mut pipeline.deid.clean_pixel_data {
+            *signatures = resolve(file, signatures);
+        }
         let loaded = LoadedPipeline {
             file: file.to_path_buf(),
             source,
@@ -542,6 +595,23 @@ impl LoadedPipeline {
             ));
         }
         problems.extend(self.check_sequences());
+        if let Some(signatures) = &self.pipeline.deid.clean_pixel_data {
+            if let Err(errors) = crate::deid::signatures::SignatureSet::load(signatures) {
+                problems.extend(errors);
+            }
+        }
+        for modality in self.pipeline.deid.burned_in_unknown.keys() {
+            let valid = modality == "default"
+                || (!modality.is_empty() && modality.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+            if !valid {
+                problems.push(Diagnostic::whole_file(
+                    &self.file,
+                    format!(
+                        "`deid.burned_in_unknown.{modality}`: expected a Modality code such as US or SC, or default"
+                    ),
+                ));
+            }
+        }
         if let Some(synth) = &self.pipeline.synth {
             let model = resolve(&self.file, synth.model.get_ref());
             if !model.is_file() {

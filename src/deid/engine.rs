@@ -6,10 +6,11 @@
 use super::dates;
 use super::dummy::dummy_value;
 use super::iod::{self, AttributeType, Iod};
+use super::signatures::{Signature, SignatureSet};
 use super::table::{is_repeating_group, Action, Row, Table, EDITION};
 use super::uid;
 use super::DeidOption;
-use crate::config::pipeline::DeidProfile;
+use crate::config::pipeline::{BurnedInPolicy, DeidProfile};
 use crate::keyfile::SiteKey;
 use crate::phi::{keyed_digest, Phi};
 use crate::quarantine::{ReasonCode, Rejection};
@@ -33,6 +34,8 @@ pub enum DeidError {
     ConflictingDateOptions,
     #[error("cannot encode the de-identified object: {0}")]
     Encode(String),
+    #[error("deid.clean_pixel_data: {0}")]
+    Signatures(String),
 }
 
 /// One original → replacement pair, for the IRB crosswalk.
@@ -207,9 +210,14 @@ const IDENTIFYING: &[(Tag, &str)] = &[
     (tags::DEVICE_SERIAL_NUMBER, "DeviceSerialNumber"),
 ];
 
-/// Modalities that often carry burned-in text (PS3.15 E.3.1 notes).
-const BURNED_IN_PRONE_MODALITIES: &[&str] = &["US", "SC", "XC", "ES", "OT", "GM", "SM", "DOC"];
 const SECONDARY_CAPTURE_ROOT: &str = "1.2.840.10008.5.1.4.1.1.7";
+
+/// What happens to an image's pixels.
+enum PixelPlan<'a> {
+    Keep,
+    /// Clean Pixel Data: blank this signature's rectangles in every frame.
+    Clean(&'a Signature),
+}
 
 pub struct Deidentifier {
     key: SiteKey,
@@ -217,6 +225,7 @@ pub struct Deidentifier {
     options: BTreeSet<DeidOption>,
     table: &'static Table,
     safe_private: HashSet<(String, u16, u8)>,
+    signatures: Option<SignatureSet>,
 }
 
 impl Deidentifier {
@@ -239,12 +248,19 @@ impl Deidentifier {
                 ))
             })
             .collect();
+        let signatures = match &profile.clean_pixel_data {
+            Some(file) => {
+                Some(SignatureSet::load(file).map_err(|problems| DeidError::Signatures(problems.to_string()))?)
+            }
+            None => None,
+        };
         Ok(Deidentifier {
             key,
             profile: profile.clone(),
             options,
             table: Table::standard(),
             safe_private,
+            signatures,
         })
     }
 
@@ -258,7 +274,7 @@ impl Deidentifier {
     }
 
     pub fn deidentify_object(&self, mut original: DefaultDicomObject) -> Result<Deidentified, Rejection> {
-        self.check_burned_in(&original)?;
+        let plan = self.pixel_plan(&original)?;
         // Pixel Data is in no row of the table and always kept: move it to
         // the output rather than copy it through the walk.
         let pixels = original.take(tags::PIXEL_DATA);
@@ -285,9 +301,14 @@ impl Deidentifier {
             pseudonym,
             crosswalk: BTreeMap::new(),
             kept_identifying: BTreeSet::new(),
+            cleaning: 0,
         };
         let mut object = walk.dataset(&original, true);
-        self.attribute(&mut object, shift);
+        let cleaned = match plan {
+            PixelPlan::Clean(signature) => Some(signature),
+            PixelPlan::Keep => None,
+        };
+        self.attribute(&mut object, shift, cleaned);
 
         let sop_instance_uid = valid_uid(&object, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
         let study_uid = valid_uid(&object, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
@@ -313,11 +334,16 @@ impl Deidentifier {
         })?;
         if let Some(pixels) = pixels {
             let little_endian = transfer_syntax != super::read::EXPLICIT_VR_BIG_ENDIAN;
-            object.put(if little_endian {
+            let mut pixels = if little_endian {
                 native_pixels_as_bytes(pixels)
             } else {
                 pixels
-            });
+            };
+            if let Some(signature) = cleaned {
+                let geometry = super::pixels::Geometry::of(&original)?;
+                pixels = super::pixels::blank(pixels, &geometry, &signature.rectangles)?;
+            }
+            object.put(pixels);
         }
 
         self.residual_check(&original, &encoded_header, &object, &walk.kept_identifying)?;
@@ -342,30 +368,49 @@ impl Deidentifier {
         })
     }
 
-    fn check_burned_in(&self, object: &InMemDicomObject) -> Result<(), Rejection> {
-        match string_of(object, tags::BURNED_IN_ANNOTATION).as_deref() {
-            Some("YES") if !self.profile.accept_burned_in => Err(Rejection::new(
+    /// Whether an image's pixels are kept, cleaned by a signature, or its
+    /// burned-in text risk quarantines it (PS3.15 E.3.1: without the Clean
+    /// Pixel Data Option, burned-in identification must not remain).
+    fn pixel_plan(&self, object: &InMemDicomObject) -> Result<PixelPlan<'_>, Rejection> {
+        if object.get(tags::PIXEL_DATA).is_none() {
+            return Ok(PixelPlan::Keep);
+        }
+        let modality = string_of(object, tags::MODALITY).unwrap_or_default();
+        let signature = self.signatures.as_ref().and_then(|set| set.find(object, &modality));
+        let no_signature = || match &self.signatures {
+            Some(set) => format!(
+                "no signature of {} matches its modality, manufacturer, model and size",
+                set.file.display()
+            ),
+            None => "the pipeline names no pixel signatures (deid.clean_pixel_data)".to_string(),
+        };
+        match (string_of(object, tags::BURNED_IN_ANNOTATION).as_deref(), signature) {
+            (Some("YES"), Some(signature)) => Ok(PixelPlan::Clean(signature)),
+            (Some("YES"), None) if self.profile.accept_burned_in => Ok(PixelPlan::Keep),
+            (Some("YES"), None) => Err(Rejection::new(
                 ReasonCode::BurnedInAnnotation,
-                "Burned In Annotation (0028,0301) is YES; set deid.accept_burned_in = true in the pipeline only after the pixels are cleaned",
+                format!(
+                    "Burned In Annotation (0028,0301) is YES and {}; add a signature, or set deid.accept_burned_in = true only for pixels cleaned elsewhere",
+                    no_signature()
+                ),
             )),
-            Some(_) => Ok(()),
-            None => {
-                let modality = string_of(object, tags::MODALITY).unwrap_or_default();
+            (Some("NO"), _) => Ok(PixelPlan::Keep),
+            (_, signature) => {
                 let sop_class = string_of(object, tags::SOP_CLASS_UID).unwrap_or_default();
-                let prone = BURNED_IN_PRONE_MODALITIES.contains(&modality.as_str())
-                    || sop_class.starts_with(SECONDARY_CAPTURE_ROOT);
-                let has_pixels = object.get(tags::PIXEL_DATA).is_some();
-                if prone && has_pixels && !self.profile.accept_burned_in_unknown {
-                    Err(Rejection::new(
+                let kind = if sop_class.starts_with(SECONDARY_CAPTURE_ROOT) { "SC" } else { modality.as_str() };
+                match (self.profile.burned_in_policy(kind), signature) {
+                    (BurnedInPolicy::Accept, _) => Ok(PixelPlan::Keep),
+                    (BurnedInPolicy::Clean, Some(signature)) => Ok(PixelPlan::Clean(signature)),
+                    (policy, _) => Err(Rejection::new(
                         ReasonCode::BurnedInAnnotationUnknown,
                         format!(
-                            "Burned In Annotation (0028,0301) is absent on a {} image, which often carries burned-in text; \
-                             set deid.accept_burned_in_unknown = true to accept such images",
-                            if modality.is_empty() { "secondary capture" } else { modality.as_str() }
+                            "Burned In Annotation (0028,0301) is absent on a {} image, which often carries burned-in text, {}; \
+                             add a signature, or set deid.burned_in_unknown.{} = \"accept\" to accept such images",
+                            if kind.is_empty() { "modality-less" } else { kind },
+                            if policy == BurnedInPolicy::Clean { no_signature() } else { "and the pipeline quarantines them".to_string() },
+                            if kind.is_empty() { "default" } else { kind },
                         ),
-                    ))
-                } else {
-                    Ok(())
+                    )),
                 }
             }
         }
@@ -384,11 +429,17 @@ impl Deidentifier {
         (format!("{prefix}-{hex}"), format!("{prefix}^{hex}"))
     }
 
-    /// (0012,0062..0064), (0028,0303) and the De-identifying Equipment item.
-    fn attribute(&self, object: &mut InMemDicomObject, shift: Option<i64>) {
+    /// (0012,0062..0064), (0028,0303) and the De-identifying Equipment item;
+    /// with pixels `cleaned` by a signature, the Clean Pixel Data Option
+    /// (113101) and Burned In Annotation NO.
+    fn attribute(&self, object: &mut InMemDicomObject, shift: Option<i64>, cleaned: Option<&Signature>) {
         put_str(object, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
         let mut method = vec![format!("DICOM PS3.15 {EDITION} E.1-1 Basic Profile")];
         method.extend(self.options.iter().map(|o| truncate(o.standard_name(), 64)));
+        if let Some(signature) = cleaned {
+            method.push(truncate(&format!("Clean Pixel Data Option: {}", signature.name), 64));
+            put_str(object, tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
+        }
         object.put(DataElement::new(
             tags::DEIDENTIFICATION_METHOD,
             VR::LO,
@@ -414,6 +465,9 @@ impl Deidentifier {
                 DeidOption::CleanGraphics => ("113103", "Clean Graphics Option"),
             };
             codes.push(code_item(code, meaning));
+        }
+        if cleaned.is_some() {
+            codes.push(code_item("113101", "Clean Pixel Data Option"));
         }
         object.put(DataElement::new(
             tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
@@ -561,6 +615,8 @@ struct Walk<'a> {
     crosswalk: BTreeMap<(String, String), String>,
     /// Identifying attributes an option kept (excluded from the residual check).
     kept_identifying: BTreeSet<&'static str>,
+    /// How many sequences cleaned by C enclose the current item.
+    cleaning: usize,
 }
 
 impl Walk<'_> {
@@ -650,6 +706,14 @@ impl Walk<'_> {
     }
 
     fn effective(&self, row: &Row) -> Action {
+        // PS3.15 E.1.1 (para_85507f78-806f-4866-8c58-cc9bea84c73d of the
+        // 2026c DocBook source): "A requirement for an Option, when
+        // implemented, overrides any requirement for the underlying
+        // Profile." The standard says nothing of two options that disagree
+        // except that the two Retain Longitudinal Temporal Information
+        // Options exclude each other (E.3.6, refused in `new`). In Table
+        // E.1-1 (2026c) the only such rows are 11 device dates, K under Retain
+        // Device Identity and C under Retain Longitudinal Modified Dates.
         let mut chosen: Option<Action> = None;
         for option in &self.d.options {
             if let Some(action) = row.option(*option) {
@@ -731,6 +795,9 @@ impl Walk<'_> {
                 }
             }
             VR::DA | VR::DT if self.shift.is_some() => Action::Clean,
+            // Free text inside a cleaned sequence (an SR's Text Value under
+            // Clean Structured Content): identifying terms are scrubbed.
+            VR::LO | VR::SH | VR::ST | VR::LT | VR::UT | VR::UC | VR::PN if self.cleaning > 0 => Action::Clean,
             _ => Action::Keep,
         }
     }
@@ -772,22 +839,73 @@ impl Walk<'_> {
     }
 
     fn dummy(&mut self, element: &InMemElement) -> InMemElement {
-        match element.vr() {
-            // A dummy sequence: present, non-empty, and carrying nothing.
-            VR::SQ => DataElement::new(
-                element.tag(),
-                VR::SQ,
-                DataSetSequence::from(vec![InMemDicomObject::new_empty()]),
-            ),
-            VR::UI => self.uid(element),
-            vr => DataElement::new(element.tag(), vr, dummy_value(vr)),
+        match element.value() {
+            Value::Sequence(sequence) => self.dummy_sequence(element.tag(), sequence.items()),
+            _ if element.vr() == VR::UI => self.uid(element),
+            _ => DataElement::new(element.tag(), element.vr(), dummy_value(element.vr())),
         }
+    }
+
+    /// D on a sequence. PS3.15 E.1.1: "in the case of Sequences, the action
+    /// is applicable to the Sequence and all of its contents". So each item
+    /// stays, with every value in it a dummy: one empty item in place of an
+    /// SR's Content Sequence would break the Type 1 attributes of its items
+    /// (Relationship Type, Value Type, Concept Name Code Sequence). Kept as
+    /// they are: code strings (enumerated values such as Value Type identify
+    /// no one, and a dummy would make them invalid) and numbers; UIDs are
+    /// remapped by their own rows, so references inside stay valid; private
+    /// elements go.
+    fn dummy_sequence(&mut self, tag: Tag, items: &[InMemDicomObject]) -> InMemElement {
+        let items: Vec<InMemDicomObject> = items
+            .iter()
+            .map(|item| {
+                let mut out = InMemDicomObject::new_empty();
+                for element in item
+                    .iter()
+                    .filter(|e| e.tag().group() % 2 == 0 && e.tag().element() != 0)
+                {
+                    let dummied = match element.vr() {
+                        VR::SQ => Some(self.dummy(element)),
+                        // A UID by its own row (or remapped when none names
+                        // it), so that Retain UIDs still keeps it.
+                        VR::UI => {
+                            self.item_path.push(keyword_of(tag));
+                            let uid = self.element(element, false);
+                            self.item_path.pop();
+                            uid
+                        }
+                        VR::CS
+                        | VR::US
+                        | VR::UL
+                        | VR::SS
+                        | VR::SL
+                        | VR::FL
+                        | VR::FD
+                        | VR::DS
+                        | VR::IS
+                        | VR::SV
+                        | VR::UV => Some(element.clone()),
+                        _ => Some(self.dummy(element)),
+                    };
+                    if let Some(dummied) = dummied {
+                        out.put(dummied);
+                    }
+                }
+                out
+            })
+            .collect();
+        DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
     }
 
     fn clean(&mut self, element: &InMemElement) -> Option<InMemElement> {
         let tag = element.tag();
         match element.vr() {
-            VR::SQ => Some(self.keep(element)),
+            VR::SQ => {
+                self.cleaning += 1;
+                let cleaned = self.keep(element);
+                self.cleaning -= 1;
+                Some(cleaned)
+            }
             VR::UI => Some(self.uid(element)),
             VR::DA | VR::DT => {
                 let Some(days) = self.shift else {

@@ -6,14 +6,17 @@
 //! - `uid`, `dates`, `dummy`: keyed UIDs, per-patient date shift, dummy values.
 //! - `read`: Part 10 files, files without meta, raw datasets; reasons for failures.
 //! - `selection`: choosing series on the original header, before anything is removed.
+//! - `signatures`, `pixels`: the Clean Pixel Data Option: where burned-in text lies, and blanking it.
 
 mod dates;
 mod dummy;
 pub mod engine;
 mod iod;
 pub mod options;
+mod pixels;
 pub mod read;
 pub mod selection;
+pub mod signatures;
 pub mod table;
 pub mod uid;
 
