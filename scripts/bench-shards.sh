@@ -5,13 +5,17 @@
 # Prints studies/s and instances/s of each and the ratio, median of
 # REPEAT=3 alternating runs. Studies are STUDIES (default 24) copies of the
 # demo study (48 MR slices and a SEG each; fixtures/dicom/make_studies.py).
+# SYNTHD=path/to/synthd uses that binary instead of a fresh release build.
 # Not a test: figures vary by machine and by what else runs on it.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/setup.sh >/dev/null
-cargo build --release --quiet
-synthd="$root/target/release/synthd"
+synthd=${SYNTHD:-}
+if [ -z "$synthd" ]; then
+  cargo build --release --quiet
+  synthd="$root/target/release/synthd"
+fi
 studies=${STUDIES:-24}
 shards=${SHARDS:-2}
 repeat=${REPEAT:-3}

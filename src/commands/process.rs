@@ -42,16 +42,30 @@ pub struct ProcessArgs {
     pub quarantine: Option<PathBuf>,
 }
 
+/// A usage or setup problem (bad shard, a run that does not match the
+/// output's ledger): exit code 2, reported before anything is written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
 pub fn run(args: ProcessArgs) -> Result<i32> {
+    match run_shard(&args) {
+        Err(error) => match error.downcast_ref::<Usage>() {
+            Some(usage) => {
+                eprintln!("error: {usage}");
+                Ok(2)
+            }
+            None => Err(error),
+        },
+        ok => ok,
+    }
+}
+
+fn run_shard(args: &ProcessArgs) -> Result<i32> {
     let started = Instant::now();
     // Before anything is read or written: a bad shard is a usage error.
-    let shard = match shard::resolve(args.shard.as_deref(), args.shard_count, |name| std::env::var(name).ok()) {
-        Ok(shard) => shard,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return Ok(2);
-        }
-    };
+    let shard = shard::resolve(args.shard.as_deref(), args.shard_count, |name| std::env::var(name).ok())
+        .map_err(|error| Usage(error.to_string()))?;
     let pipeline = LoadedPipeline::load(&args.pipeline)
         .map_err(|problems| anyhow::anyhow!("{problems}"))
         .with_context(|| format!("process: invalid pipeline {}", args.pipeline.display()))?;
@@ -59,36 +73,11 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         std::fs::read(&args.pipeline).with_context(|| format!("process: cannot read {}", args.pipeline.display()))?;
     let pipeline_sha256 = hex_sha256(&pipeline_bytes);
     let config = crate::config::Config::load(&crate::config::config_path(args.config.as_deref())).ok();
-    let key_file = match (&args.key_file, &config) {
-        (Some(path), _) => path.clone(),
-        (None, Some(config)) => config.key_file.clone(),
-        (None, None) => {
-            eprintln!("error: no key file: pass --key-file FILE (make one with `synthd keygen FILE`) or --config with deid.key_file");
-            return Ok(2);
-        }
-    };
-    let key = SiteKey::read(&key_file)
-        .map_err(anyhow::Error::msg)
-        .context("process: key file")?;
-    if let Some(problem) = other_shard_counts(&args.output, shard)? {
-        eprintln!("error: {problem}");
-        return Ok(2);
-    }
+    let key = read_key(args, config.as_ref())?;
+    check_shard_count(&args.output, shard)?;
     let deidentifier =
         Deidentifier::new(key.clone(), &pipeline.pipeline.deid).context("process: de-identification profile")?;
-    // Quarantined originals keep their identifiers: never under the output,
-    // which is what gets shared. Shards share it like the output.
-    let quarantine_dir = args
-        .quarantine
-        .clone()
-        .unwrap_or_else(|| quarantine::beside(&args.output));
-    if quarantine::is_within(&quarantine_dir, &args.output) {
-        bail!(
-            "process: the quarantine {} lies inside the output {}; choose a --quarantine folder outside it",
-            quarantine_dir.display(),
-            args.output.display()
-        );
-    }
+    let quarantine_dir = quarantine_dir(args)?;
     let state_dir = args.output.join(".synthd");
     let engine = load_engine(&pipeline, config.as_ref(), &state_dir, shard)?;
     let run = RunRecord {
@@ -104,31 +93,7 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
         started: quarantine::now_rfc3339(),
         finished: None,
     };
-    let ledger_path = ShardLedger::path_in(&args.output, &shard.ledger_name());
-    fsutil::create_private_dir(ledger_path.parent().expect("under the output"))
-        .with_context(|| format!("process: cannot create {}", state_dir.display()))?;
-    let moved = quarantine::move_out_of_output(&args.output, &quarantine_dir).with_context(|| {
-        format!(
-            "process: cannot move {}/quarantine out of the output",
-            args.output.display()
-        )
-    })?;
-    if moved > 0 {
-        eprintln!(
-            "process: moved {moved} quarantine entr{} left by an earlier version from the output into {}",
-            if moved == 1 { "y" } else { "ies" },
-            quarantine_dir.display()
-        );
-    }
-    let ledger = ShardLedger::open(&ledger_path).context("process")?;
-    match ledger.begin_run(&run) {
-        Ok(()) => {}
-        Err(error @ ShardLedgerError::Mismatch { .. }) => {
-            eprintln!("error: {error}");
-            return Ok(2);
-        }
-        Err(error) => return Err(error).context("process"),
-    }
+    let ledger = open_ledger(args, &run, shard, &quarantine_dir)?;
 
     let refused = Quarantine {
         key: &key,
@@ -144,15 +109,15 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
             to_do.push((study_key, paths));
         }
     }
-    let resumed = scan.studies.len() - to_do.len();
     let mut progress = Progress::new(to_do.len(), std::io::stderr().is_terminal(), shard.to_string());
     let context = StudyContext {
         key: &key,
         pipeline: &pipeline,
-        pipeline_sha256: pipeline_sha256.clone(),
+        pipeline_sha256,
         engine: engine.as_ref(),
     };
     let mut totals = StudyReport::default();
+    let resumed = scan.studies.len() - to_do.len();
     for (study_key, paths) in to_do {
         let study_started = Instant::now();
         let report = process_study(&context, &deidentifier, &refused, study_key, paths, &args.output)?;
@@ -162,62 +127,158 @@ pub fn run(args: ProcessArgs) -> Result<i32> {
     }
     progress.finish();
     ledger.finish_run(&quarantine::now_rfc3339()).context("process")?;
-    let reasons = ledger.quarantines_by_reason().context("process")?;
-    let quarantined: u64 = reasons.values().sum();
-    let elapsed = started.elapsed().as_secs_f64();
-    println!("synthd process: pipeline {}", pipeline.name());
-    println!(
-        "  studies     {} ({resumed} already done by an earlier run)",
-        scan.studies.len()
-    );
-    println!(
-        "  series      {} synthetic ({} flagged by QC), {} not synthesized, {} quarantined",
-        totals.synthetic_series,
-        totals.qc_flagged.len(),
-        totals.skipped_series.len(),
-        totals.quarantined_series.len()
-    );
-    for (series, reason) in &totals.skipped_series {
-        println!("    not synthesized: series {series}: {reason}");
+    let summary = Summary {
+        pipeline: pipeline.name(),
+        studies: scan.studies.len(),
+        resumed,
+        not_selected: scan.not_selected,
+        totals: &totals,
+        reasons: ledger.quarantines_by_reason().context("process")?,
+        output: &args.output,
+        quarantine_dir: &quarantine_dir,
+        shard,
+        ledger: ledger.path(),
+        provider: engine.as_ref().map(|e| e.provider().name()),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok(summary.print())
+}
+
+fn read_key(args: &ProcessArgs, config: Option<&crate::config::Config>) -> Result<SiteKey> {
+    let key_file =
+        match (&args.key_file, config) {
+            (Some(path), _) => path.clone(),
+            (None, Some(config)) => config.key_file.clone(),
+            (None, None) => return Err(Usage(
+                "no key file: pass --key-file FILE (make one with `synthd keygen FILE`) or --config with deid.key_file"
+                    .into(),
+            )
+            .into()),
+        };
+    SiteKey::read(&key_file)
+        .map_err(anyhow::Error::msg)
+        .context("process: key file")
+}
+
+/// Quarantined originals keep their identifiers: never under the output,
+/// which is what gets shared. Shards share it like the output.
+fn quarantine_dir(args: &ProcessArgs) -> Result<PathBuf> {
+    let dir = args
+        .quarantine
+        .clone()
+        .unwrap_or_else(|| quarantine::beside(&args.output));
+    if quarantine::is_within(&dir, &args.output) {
+        bail!(
+            "process: the quarantine {} lies inside the output {}; choose a --quarantine folder outside it",
+            dir.display(),
+            args.output.display()
+        );
     }
-    for (series, message) in &totals.qc_flagged {
-        println!("    flagged by QC: series {series}: {message}");
+    Ok(dir)
+}
+
+/// Opens the shard's ledger and records the run, or refuses a run that
+/// does not match the one recorded; moves a legacy in-output quarantine out.
+fn open_ledger(args: &ProcessArgs, run: &RunRecord, shard: Shard, quarantine_dir: &Path) -> Result<ShardLedger> {
+    let ledger_path = ShardLedger::path_in(&args.output, &shard.ledger_name());
+    let folder = ledger_path.parent().expect("under the output");
+    fsutil::create_private_dir(folder).with_context(|| format!("process: cannot create {}", folder.display()))?;
+    let moved = quarantine::move_out_of_output(&args.output, quarantine_dir).with_context(|| {
+        format!(
+            "process: cannot move {}/quarantine out of the output",
+            args.output.display()
+        )
+    })?;
+    if moved > 0 {
+        eprintln!(
+            "process: moved {moved} quarantine entr{} left by an earlier version from the output into {}",
+            if moved == 1 { "y" } else { "ies" },
+            quarantine_dir.display()
+        );
     }
-    for (series, rejection) in &totals.quarantined_series {
-        println!("    quarantined: series {series}: {rejection}");
+    let ledger = ShardLedger::open(&ledger_path).context("process")?;
+    match ledger.begin_run(run) {
+        Ok(()) => Ok(ledger),
+        Err(error @ ShardLedgerError::Mismatch { .. }) => Err(Usage(error.to_string()).into()),
+        Err(error) => Err(error).context("process"),
     }
-    println!(
-        "  instances   {} synthetic, {} de-identified source, {} SEG, {} preview(s)",
-        totals.synthetic_instances, totals.source_instances, totals.seg_instances, totals.previews
-    );
-    println!(
-        "  skipped     {} not selected by the pipeline, {quarantined} quarantined",
-        scan.not_selected
-    );
-    println!("  written to  {}", args.output.display());
-    println!("  shard       {shard} (ledger {})", ledger_path.display());
-    match &engine {
-        Some(engine) => println!("  provider    {}", engine.provider().name()),
-        None => println!("  provider    none (de-identify and forward)"),
-    }
-    println!(
-        "  time        {elapsed:.1} s (synthesis {:.1} s, of which ONNX Runtime {:.1} s)",
-        totals.synth_seconds, totals.ort_seconds
-    );
-    if quarantined > 0 {
-        let by_reason: Vec<String> = reasons.iter().map(|(code, n)| format!("{code}: {n}")).collect();
+}
+
+/// What a run did, for its closing lines.
+struct Summary<'a> {
+    pipeline: &'a str,
+    studies: usize,
+    resumed: usize,
+    not_selected: usize,
+    totals: &'a StudyReport,
+    reasons: BTreeMap<String, u64>,
+    output: &'a Path,
+    quarantine_dir: &'a Path,
+    shard: Shard,
+    ledger: &'a Path,
+    provider: Option<&'a str>,
+    seconds: f64,
+}
+
+impl Summary<'_> {
+    /// Prints the summary and returns the exit code.
+    fn print(&self) -> i32 {
+        let totals = self.totals;
+        let quarantined: u64 = self.reasons.values().sum();
+        println!("synthd process: pipeline {}", self.pipeline);
+        println!(
+            "  studies     {} ({} already done by an earlier run)",
+            self.studies, self.resumed
+        );
+        println!(
+            "  series      {} synthetic ({} flagged by QC), {} not synthesized, {} quarantined",
+            totals.synthetic_series,
+            totals.qc_flagged.len(),
+            totals.skipped_series.len(),
+            totals.quarantined_series.len()
+        );
+        for (series, reason) in &totals.skipped_series {
+            println!("    not synthesized: series {series}: {reason}");
+        }
+        for (series, message) in &totals.qc_flagged {
+            println!("    flagged by QC: series {series}: {message}");
+        }
+        for (series, rejection) in &totals.quarantined_series {
+            println!("    quarantined: series {series}: {rejection}");
+        }
+        println!(
+            "  instances   {} synthetic, {} de-identified source, {} SEG, {} preview(s)",
+            totals.synthetic_instances, totals.source_instances, totals.seg_instances, totals.previews
+        );
+        println!(
+            "  skipped     {} not selected by the pipeline, {quarantined} quarantined",
+            self.not_selected
+        );
+        println!("  written to  {}", self.output.display());
+        println!("  shard       {} (ledger {})", self.shard, self.ledger.display());
+        match self.provider {
+            Some(provider) => println!("  provider    {provider}"),
+            None => println!("  provider    none (de-identify and forward)"),
+        }
+        println!(
+            "  time        {:.1} s (synthesis {:.1} s, of which ONNX Runtime {:.1} s)",
+            self.seconds, totals.synth_seconds, totals.ort_seconds
+        );
+        if quarantined == 0 {
+            return 0;
+        }
+        let by_reason: Vec<String> = self.reasons.iter().map(|(code, n)| format!("{code}: {n}")).collect();
         let line = format!(
             "quarantined {quarantined} input(s) ({}) in {}; each folder's reason.json names the input",
             by_reason.join(", "),
-            quarantine_dir.display()
+            self.quarantine_dir.display()
         );
         println!("  {line}");
         eprintln!("process: {line}");
         // 3, not 1: the run finished and its dataset can be merged; schedulers
         // (Slurm's afterok, a Job's completions, systemd) count it a success.
-        return Ok(EXIT_QUARANTINED);
+        EXIT_QUARANTINED
     }
-    Ok(0)
 }
 
 /// Exit code of a run that finished with some inputs quarantined.
@@ -226,26 +287,27 @@ pub const EXIT_QUARANTINED: i32 = 3;
 /// A second `synthd process` with a different shard count writing into the
 /// same output would split the studies differently: some would be in two
 /// shards. Refused before anything is written.
-fn other_shard_counts(output: &Path, shard: Shard) -> Result<Option<String>> {
+fn check_shard_count(output: &Path, shard: Shard) -> Result<()> {
     let dir = output.join(SHARDS_DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(error) => return Err(error).with_context(|| format!("process: cannot list {}", dir.display())),
     };
     let suffix = format!("-of-{:04}.sqlite", shard.count);
     for entry in entries {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if name.starts_with("shard-") && name.ends_with(".sqlite") && !name.ends_with(&suffix) {
-            return Ok(Some(format!(
+            return Err(Usage(format!(
                 "{} holds {name}, a shard of a run with another shard count than {}; \
                  shards of one output must all use the same count (use a fresh --output, or re-run with that count)",
                 dir.display(),
                 shard.count
-            )));
+            ))
+            .into());
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 fn load_engine(
