@@ -72,11 +72,15 @@ fn count(entries: &[serde_json::Value], kind: &str) -> usize {
 }
 
 const SLICES: usize = 48;
+/// The demo study's FLAIR series (fixtures/dicom/README.md).
+const FLAIR_SLICES: usize = 24;
+/// The union of the demo SEG's three component segments.
+const TUMOUR_VOXELS: u64 = 4910;
 
 #[test]
 fn deid_only_forwards_without_synthesis() {
     let (_, entries, stdout) = run("deid-only");
-    assert_eq!(count(&entries, "source"), SLICES, "{stdout}");
+    assert_eq!(count(&entries, "source"), SLICES + FLAIR_SLICES, "{stdout}");
     assert_eq!(count(&entries, "synthetic"), 0);
     assert!(stdout.contains("provider    none"), "{stdout}");
 }
@@ -101,8 +105,8 @@ fn brain_lesion_from_seg_inpaints_exactly_the_lesion() {
         .filter_map(|e| e["mask_voxels"].as_u64())
         .sum();
     assert_eq!(
-        inpainted, 587,
-        "the lesion segment of fixtures/dicom/demo/SEG000001.dcm"
+        inpainted, TUMOUR_VOXELS,
+        "the tumour's segments of fixtures/dicom/demo/SEG000001.dcm, mapped onto the model's planes by code"
     );
 }
 

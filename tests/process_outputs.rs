@@ -8,10 +8,11 @@ use common::{files_under, key, python, repo};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// fixtures/dicom/make_demo.py: 48 axial MR slices and a SEG whose lesion
-/// segment covers 587 voxels.
+/// fixtures/dicom/make_demo.py: 48 axial T1 slices (the FLAIR series is not
+/// selected here) and a SEG whose first segment (necrosis), the one a model
+/// without label planes takes, covers 181 voxels.
 const DEMO_SLICES: usize = 48;
-const LESION_VOXELS: u64 = 587;
+const LESION_VOXELS: u64 = 181;
 
 fn pipeline(dir: &Path, mask_source: &str, variants: u32) -> PathBuf {
     let path = dir.join(format!("tiny-{mask_source}.toml"));
@@ -19,6 +20,7 @@ fn pipeline(dir: &Path, mask_source: &str, variants: u32) -> PathBuf {
         r#"name = "tiny-{mask_source}"
 [match]
 modality = ["MR"]
+series_description = ["*T1*"]
 [deid]
 options = ["retain-longitudinal-modified-dates", "clean-descriptors"]
 [synth]
@@ -212,15 +214,15 @@ fn seg_masks_come_from_the_study_segmentation() {
     let output = dir.path().join("out");
     let summary = process(&pipeline, &output, &key);
     assert!(
-        summary.contains("0 not selected"),
-        "the SEG is taken for its mask: {summary}"
+        summary.contains("24 not selected"),
+        "only the 24 FLAIR slices are left out; the SEG is taken for its mask: {summary}"
     );
     let entries = manifest(&output);
     let inpainted: u64 = of_kind(&entries, "synthetic")
         .iter()
         .map(|e| e["mask_voxels"].as_u64().unwrap())
         .sum();
-    assert_eq!(inpainted, LESION_VOXELS, "the mask is exactly the lesion segment");
+    assert_eq!(inpainted, LESION_VOXELS, "the mask is exactly the SEG's first segment");
     assert_eq!(
         of_kind(&entries, "source").len(),
         DEMO_SLICES + 1,

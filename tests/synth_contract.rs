@@ -150,7 +150,7 @@ fn the_contract_manifest_parses_with_its_planes_slots_and_codes() {
     synthd::synth::contract::validate_model(runtime, &model).expect("the tiny contract model matches its manifest");
     // An old manifest (masked_image + mask, no slots) is still a valid contract.
     let old =
-        Manifest::load_sidecar(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/brain-inpaint-96.onnx"))
+        Manifest::load_sidecar(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny/tiny-cond.onnx"))
             .unwrap()
             .unwrap();
     assert!(old.inputs.class_labels.is_empty() && old.labels.is_empty());
