@@ -167,3 +167,32 @@ fn a_failing_outbox_flush_records_nothing_until_it_succeeds() {
     assert!(daemon.stop().success());
     assert_no_phi(&layout.log());
 }
+
+#[test]
+fn a_study_whose_only_instance_is_quarantined_is_not_logged_as_written() {
+    let layout = Layout::new();
+    let daemon = layout.start(&[]);
+    // Burned-in annotation: refused by the deid stage, after the claim.
+    let staged = layout.dir.path().join("burned.dcm");
+    fs::write(&staged, mr_bytes(40, 1, 1)).unwrap();
+    let mut object = dicom_object::open_file(&staged).unwrap();
+    object.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::BURNED_IN_ANNOTATION,
+        dicom_core::VR::CS,
+        dicom_core::PrimitiveValue::from("YES"),
+    ));
+    object.write_to_file(&staged).unwrap();
+    fs::rename(&staged, layout.path("inbox").join("burned.dcm")).unwrap();
+    wait_until(Duration::from_secs(15), "the study finished", || {
+        count(&layout.status(), "jobs", "done") == 1
+    });
+    assert!(daemon.stop().success());
+    let log = layout.log();
+    assert_eq!(quarantine_codes(&layout), ["burned-in-annotation"]);
+    assert!(!log.contains("study written"), "{log}");
+    let line = log
+        .lines()
+        .find(|line| line.contains("study not written: every instance was quarantined"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("job=job-") && line.contains("study=st-"), "{line}");
+}

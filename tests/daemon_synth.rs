@@ -34,10 +34,10 @@ fn dicom_files(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-#[test]
-fn the_daemon_synthesizes_the_demo_study_like_process_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let site = dir.path().join("site");
+/// A site from `synthd init` with short durations and only the tiny-model
+/// pipeline (SEG masks, `steps` sampler steps); returns (site, config, pipeline).
+fn site_with_tiny_pipeline(dir: &Path, steps: u32) -> (PathBuf, PathBuf, PathBuf) {
+    let site = dir.join("site");
     assert!(synthd(&["init", site.to_str().unwrap()]).status.success());
     let config = site.join("synthd.toml");
     let text = std::fs::read_to_string(&config)
@@ -56,25 +56,44 @@ fn the_daemon_synthesizes_the_demo_study_like_process_does() {
         &pipeline,
         format!(
             "name = \"tiny-seg\"\n[match]\nmodality = [\"MR\"]\n[deid]\noptions = [\"retain-longitudinal-modified-dates\"]\n\
-             [synth]\nmodel = \"{}\"\nsteps = 3\nseed = 5\nproviders = [\"cpu\"]\n[synth.mask]\nsource = \"seg\"\n\
+             [synth]\nmodel = \"{}\"\nsteps = {steps}\nseed = 5\nproviders = [\"cpu\"]\n[synth.mask]\nsource = \"seg\"\n\
              [output]\npreview = true\n",
             repo("fixtures/models/tiny/tiny-cond.onnx").display()
         ),
     )
     .unwrap();
+    (site, config, pipeline)
+}
 
-    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-    let _daemon = Daemon(
+fn start_daemon(config: &Path, log: &Path) -> Daemon {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Daemon(
         Command::new(env!("CARGO_BIN_EXE_synthd"))
             .args(["run", "--allow-root", "--config", config.to_str().unwrap()])
             .stderr(log)
             .spawn()
             .unwrap(),
-    );
-    // Copy into a hidden folder, then rename it in: an atomic arrival.
+    )
+}
+
+/// Copies the demo study into a hidden folder, then renames it in: an atomic arrival.
+fn drop_demo_study(site: &Path) {
     let staging = site.join("inbox/.incoming");
     copy_dir(&repo("fixtures/dicom/demo"), &staging);
     std::fs::rename(&staging, site.join("inbox/demo")).unwrap();
+}
+
+fn status(config: &Path) -> serde_json::Value {
+    let output = synthd(&["status", "--json", "--config", config.to_str().unwrap()]);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn the_daemon_synthesizes_the_demo_study_like_process_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (site, config, pipeline) = site_with_tiny_pipeline(dir.path(), 3);
+    let _daemon = start_daemon(&config, &dir.path().join("daemon.log"));
+    drop_demo_study(&site);
 
     let outbox = site.join("outbox");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -129,4 +148,50 @@ fn the_daemon_synthesizes_the_demo_study_like_process_does() {
             file.display()
         );
     }
+}
+
+#[test]
+fn sigterm_during_synthesis_waits_for_it_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough sampler steps that the stop lands while the model runs, and
+    // time to finish it however loaded the machine is.
+    let (site, config, _) = site_with_tiny_pipeline(dir.path(), 100);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("shutdown_timeout = \"30s\"", "shutdown_timeout = \"600s\"")).unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = start_daemon(&config, &log);
+    drop_demo_study(&site);
+    // Every instance written: the synth stage has the study now.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status(&config)["instances"]["written"] != 49 {
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(daemon.0.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert!(daemon.0.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let stopping = text.find("stopping").expect("the stop is logged");
+    let written = text
+        .lines()
+        .find(|line| line.contains("synthesis written"))
+        .unwrap_or_else(|| panic!("no synthesis line: {text}"));
+    assert!(
+        text.find("synthesis written").unwrap() > stopping,
+        "synthesis finished before the stop; make it slower: {text}"
+    );
+    assert!(
+        written.contains("study=st-") && written.contains("job=job-"),
+        "{written}"
+    );
+    let after = status(&config);
+    assert_eq!(after["jobs"]["done"], 1, "{after}");
+    assert!(files_under(&site.join("outbox"))
+        .iter()
+        .any(|p| p.ends_with("preview.png")));
+    // A restart finds nothing to redo.
+    let _again = start_daemon(&config, &log);
+    std::thread::sleep(Duration::from_secs(2));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("synthesis written").count(), 1, "{text}");
 }

@@ -2,7 +2,7 @@
 //! with `[synth]` its diffusion engine, run once a job's instances are all
 //! written (`synthesize`, on the synth stage thread).
 
-use super::engine::Engine;
+use super::engine::{Engine, SynthesisReport};
 use crate::config::{Config, LoadedPipeline};
 use crate::deid::{Deidentified, Deidentifier};
 use crate::keyfile::SiteKey;
@@ -115,9 +115,9 @@ impl Engine for DeidEngine {
         self.synthesis.contains_key(pipeline)
     }
 
-    fn synthesize(&self, pipeline: &str, outbox: &Path, written: &[PathBuf]) -> Result<(), Rejection> {
+    fn synthesize(&self, pipeline: &str, outbox: &Path, written: &[PathBuf]) -> Result<SynthesisReport, Rejection> {
         let Some(synthesis) = self.synthesis.get(pipeline) else {
-            return Ok(());
+            return Ok(SynthesisReport::default());
         };
         let mut instances = Vec::with_capacity(written.len());
         for relative in written {
@@ -137,9 +137,6 @@ impl Engine for DeidEngine {
         };
         let report = write_study(&context, &instances, outbox, SourceWrites::AlreadyWritten)
             .map_err(|error| Rejection::new(ReasonCode::ModelFailure, error.to_string()))?;
-        for (series, reason) in &report.skipped_series {
-            tracing::warn!(target: "daemon", pipeline, "series {series} not synthesized: {reason}");
-        }
         for (n, (series, message)) in report.qc_flagged.iter().enumerate() {
             tracing::warn!(target: "daemon", pipeline, "series {series} flagged by QC: {message}");
             // `synthd status` counts these; a replay rewrites the same file.
@@ -147,16 +144,6 @@ impl Engine for DeidEngine {
                 tracing::warn!(target: "daemon", %error, "cannot record a QC flag for `synthd status`");
             }
         }
-        tracing::info!(
-            target: "daemon",
-            pipeline,
-            synthetic_series = report.synthetic_series,
-            synthetic_instances = report.synthetic_instances,
-            seg = report.seg_instances,
-            ort_seconds = report.ort_seconds,
-            provider = synthesis.engine.provider().name(),
-            "synthesis written"
-        );
         // A quarantined series (SEG codes that match no plane, a failed
         // fidelity check) is recorded as the job's synthesis failure, with
         // its reason code; the other series stand.
@@ -165,9 +152,21 @@ impl Engine for DeidEngine {
             .iter()
             .map(|(series, r)| format!("series {series}: {}", r.message))
             .collect();
-        match report.quarantined_series.first() {
-            Some((_, first)) => Err(Rejection::new(first.code, quarantined.join("; "))),
-            None => Ok(()),
+        if let Some((_, first)) = report.quarantined_series.first() {
+            return Err(Rejection::new(first.code, quarantined.join("; ")));
         }
+        // The coordinator logs it, named by study and job.
+        Ok(SynthesisReport {
+            synthetic_series: report.synthetic_series,
+            synthetic_instances: report.synthetic_instances,
+            seg_instances: report.seg_instances,
+            ort_seconds: report.ort_seconds,
+            provider: synthesis.engine.provider().name(),
+            skipped_series: report
+                .skipped_series
+                .iter()
+                .map(|(series, reason)| format!("series {series}: {reason}"))
+                .collect(),
+        })
     }
 }

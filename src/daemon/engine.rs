@@ -32,7 +32,21 @@ pub trait Engine: Send + Sync + 'static {
     /// (paths relative to the outbox) and writes what the pipeline derives
     /// from them. Deterministic, so a replay after a crash rewrites the
     /// same files.
-    fn synthesize(&self, _pipeline: &str, _outbox: &Path, _written: &[PathBuf]) -> Result<(), Rejection> {
-        Ok(())
+    fn synthesize(&self, _pipeline: &str, _outbox: &Path, _written: &[PathBuf]) -> Result<SynthesisReport, Rejection> {
+        Ok(SynthesisReport::default())
     }
+}
+
+/// What a study's synthesis wrote, for the coordinator's log line (which
+/// names the study and job the engine does not know).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SynthesisReport {
+    pub synthetic_series: usize,
+    pub synthetic_instances: usize,
+    pub seg_instances: usize,
+    pub ort_seconds: f64,
+    /// The execution provider that ran the model.
+    pub provider: &'static str,
+    /// Series not synthesized, with the reason (e.g. colour images).
+    pub skipped_series: Vec<String>,
 }

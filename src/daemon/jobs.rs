@@ -235,7 +235,7 @@ impl<E: Engine> Daemon<E> {
                     Ok(()) => true,
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                         // In neither the inbox, its receiving folder nor work: removed by someone else.
-                        tracing::error!(target: "daemon", job = %ledger::job_name(job), instance = instance.id, "an instance vanished from the inbox before it was claimed; it was not processed");
+                        tracing::error!(target: "daemon", study = %study, job = %ledger::job_name(job), instance = instance.id, "an instance vanished from the inbox before it was claimed; it was not processed");
                         self.ledger.set_instance_state(instance.id, InstanceState::Requeued)?;
                         if let Some(progress) = self.jobs.get_mut(&job) {
                             if progress.remaining.remove(&instance.id) {
@@ -288,6 +288,12 @@ impl<E: Engine> Daemon<E> {
             .filter(|i| i.state == InstanceState::Claimed)
             .collect();
         self.track(job, record.study_key, total, &unfinished);
+        if record.state == JobState::Synthesized {
+            // Recorded before a stop or crash: not run again.
+            if let Some(progress) = self.jobs.get_mut(&job) {
+                progress.synthesis_started = true;
+            }
+        }
         Ok(unfinished)
     }
 
@@ -457,6 +463,12 @@ impl<E: Engine> Daemon<E> {
     /// the outbox), then those it recorded done (originals archived or deleted).
     pub(super) fn log_finished(&mut self) {
         for written in std::mem::take(&mut self.written) {
+            // A study whose every instance was quarantined wrote nothing.
+            let message = if written.quarantined >= written.instances {
+                "study not written: every instance was quarantined"
+            } else {
+                "study written"
+            };
             tracing::info!(
                 target: "daemon",
                 study = %written.study_key,
@@ -464,7 +476,7 @@ impl<E: Engine> Daemon<E> {
                 instances = written.instances,
                 quarantined = written.quarantined,
                 duration_ms = written.duration_ms,
-                "study written"
+                "{message}"
             );
         }
         for (job, progress) in std::mem::take(&mut self.finished) {
@@ -517,7 +529,8 @@ impl<E: Engine> Daemon<E> {
 
     fn record(&mut self, job: i64, instance: i64, kind: OutcomeKind) -> Result<(), DaemonError> {
         match kind {
-            OutcomeKind::Synthesized(pipeline) => {
+            OutcomeKind::Synthesized(pipeline, report) => {
+                self.log_synthesis(job, &pipeline, &report);
                 let done = self.jobs.get_mut(&job).is_some_and(|progress| {
                     progress.synthesizing.remove(&pipeline);
                     progress.synthesizing.is_empty()
@@ -540,8 +553,10 @@ impl<E: Engine> Daemon<E> {
                     self.io_fault("synth", &error);
                 }
                 crate::metrics::get().quarantine(rejection.code);
+                let study = self.jobs.get(&job).map(|p| p.study_key.clone()).unwrap_or_default();
                 tracing::warn!(
                     target: "daemon",
+                    study = %study,
                     job = %ledger::job_name(job),
                     pipeline = %pipeline,
                     reason = %rejection.code,
@@ -659,10 +674,12 @@ impl<E: Engine> Daemon<E> {
         let Some(progress) = self.jobs.get_mut(&job) else {
             return Ok(false);
         };
-        progress.synthesis_started = true;
         let Some(synth_tx) = &self.synth_tx else {
-            return Ok(false);
+            // Shutting down: the job waits, unfinished, and the next start
+            // synthesizes it (finishing it here would skip synthesis for good).
+            return Ok(!by_pipeline.is_empty());
         };
+        progress.synthesis_started = true;
         for (pipeline, mut written) in by_pipeline {
             written.sort();
             progress.synthesizing.insert(pipeline.clone());
@@ -679,6 +696,27 @@ impl<E: Engine> Daemon<E> {
             }
         }
         Ok(!progress.synthesizing.is_empty())
+    }
+
+    /// The synth stage's report, named by study and job.
+    fn log_synthesis(&self, job: i64, pipeline: &str, report: &super::SynthesisReport) {
+        let study = self.jobs.get(&job).map(|p| p.study_key.as_str()).unwrap_or_default();
+        let job = ledger::job_name(job);
+        for reason in &report.skipped_series {
+            tracing::warn!(target: "daemon", study = %study, job = %job, pipeline = %pipeline, "not synthesized: {reason}");
+        }
+        tracing::info!(
+            target: "daemon",
+            study = %study,
+            job = %job,
+            pipeline = %pipeline,
+            synthetic_series = report.synthetic_series,
+            synthetic_instances = report.synthetic_instances,
+            seg = report.seg_instances,
+            ort_seconds = report.ort_seconds,
+            provider = %report.provider,
+            "synthesis written"
+        );
     }
 
     fn check_finished(&mut self, job: i64) -> Result<(), DaemonError> {

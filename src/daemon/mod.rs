@@ -15,7 +15,7 @@ pub mod system;
 pub mod workers;
 
 pub use deid_stage::DeidEngine;
-pub use engine::Engine;
+pub use engine::{Engine, SynthesisReport};
 
 use crate::config::Config;
 use crate::keyfile::SiteKey;
@@ -442,7 +442,9 @@ impl<E: Engine> Daemon<E> {
         self.dispatch.clear();
         self.deid_tx = None;
         self.synth_tx = None;
-        while !self.jobs.is_empty() && self.in_flight() > 0 && Instant::now() < deadline {
+        // A synthesis already running is waited for too: recording it now
+        // spares a restart minutes of model time redoing it.
+        while !self.jobs.is_empty() && self.in_flight() + self.synthesizing() > 0 && Instant::now() < deadline {
             self.drain_outcomes(Duration::from_millis(100))?;
             if self.pause.is_some() {
                 break;
@@ -459,7 +461,7 @@ impl<E: Engine> Daemon<E> {
             // The originals those jobs just moved.
             self.flush_written(true)?;
         }
-        let left = self.in_flight();
+        let left = self.in_flight() + self.synthesizing();
         if left == 0 {
             for thread in self.threads.drain(..) {
                 let _ = thread.join();
@@ -475,6 +477,11 @@ impl<E: Engine> Daemon<E> {
 
     fn in_flight(&self) -> usize {
         self.jobs.values().map(|p| p.remaining.len()).sum::<usize>()
+    }
+
+    /// Study-level syntheses handed to the synth stage and not yet reported.
+    fn synthesizing(&self) -> usize {
+        self.jobs.values().map(|p| p.synthesizing.len()).sum::<usize>()
     }
 
     fn watch(

@@ -41,7 +41,7 @@ pub struct SynthTask<E: Engine> {
 #[derive(Debug)]
 pub enum OutcomeKind {
     /// A job's synthesis for one pipeline is durable in the outbox.
-    Synthesized(String),
+    Synthesized(String, super::engine::SynthesisReport),
     /// A job's synthesis for one pipeline failed (e.g. model-failure); the
     /// de-identified outputs stand.
     SynthesisFailed(String, Rejection),
@@ -285,7 +285,7 @@ fn sync_outbox(outbox: &Path, held: &mut Option<std::fs::File>) -> std::io::Resu
 pub fn synth_worker<E: Engine>(tasks: Receiver<SynthTask<E>>, outbox: PathBuf, outcomes: Sender<Outcome>) {
     for task in tasks {
         let kind = match task.engine.synthesize(&task.pipeline, &outbox, &task.written) {
-            Ok(()) => OutcomeKind::Synthesized(task.pipeline.clone()),
+            Ok(report) => OutcomeKind::Synthesized(task.pipeline.clone(), report),
             Err(rejection) => OutcomeKind::SynthesisFailed(task.pipeline.clone(), rejection),
         };
         if outcomes
