@@ -228,6 +228,25 @@ pub fn explain(kind: ProviderKind, raw: &str) -> String {
     format!("{label} provider unavailable: {}; {drop_hint}", raw.trim())
 }
 
+/// A provider's failure in a few words, for the log line that says it was
+/// skipped; [`explain`] (shown by `synthd doctor` and in errors) says what to do.
+pub fn brief(kind: ProviderKind, raw: &str) -> String {
+    if kind != ProviderKind::Cpu && raw.contains("not included in this ONNX Runtime build") {
+        return "the loaded ONNX Runtime is a CPU-only build".into();
+    }
+    if let Some(missing) = missing_library(raw) {
+        return format!("{missing} not found");
+    }
+    if raw.contains("no CUDA-capable device") || raw.contains("CUDA failure 100") || raw.contains("cudaErrorNoDevice") {
+        return "no NVIDIA GPU is visible".into();
+    }
+    let first = raw.trim().lines().next().unwrap_or_default();
+    match first.char_indices().nth(100) {
+        Some((end, _)) => format!("{}...", &first[..end]),
+        None => first.to_string(),
+    }
+}
+
 /// The name of a shared library the loader could not find, if the error says so.
 fn missing_library(raw: &str) -> Option<String> {
     let marker = ": cannot open shared object file";
@@ -246,6 +265,17 @@ mod tests {
     fn version_from_build_info() {
         let info = "ORT Build Info: git-branch=rel-1.32.0, git-commit-id=abc, build type=Release";
         assert_eq!(parse_version(info).as_deref(), Some("1.32.0"));
+    }
+
+    #[test]
+    fn a_brief_reason_is_a_few_words() {
+        let raw = "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open shared object file: No such file or directory";
+        assert_eq!(brief(ProviderKind::Cuda, raw), "libcublasLt.so.13 not found");
+        assert_eq!(
+            brief(ProviderKind::Tensorrt, "not included in this ONNX Runtime build"),
+            "the loaded ONNX Runtime is a CPU-only build"
+        );
+        assert!(brief(ProviderKind::Cuda, &"x".repeat(500)).len() < 110);
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl ModelSession {
         announce: bool,
     ) -> Result<ModelSession, SynthError> {
         let mut reasons = Vec::new();
+        let mut skipped: Vec<(ProviderKind, String)> = Vec::new();
         for &kind in &synth.providers {
             if kind == ProviderKind::Cpu && synth.require_gpu {
                 return Err(SynthError::GpuRequired {
@@ -99,21 +100,14 @@ impl ModelSession {
                 });
             }
             let attempt = if runtime::compiled_in(kind) {
-                build(runtime, model, manifest, synth, options, kind).map_err(|raw| runtime::explain(kind, &raw))
+                build(runtime, model, manifest, synth, options, kind)
             } else {
-                Err(runtime::explain(kind, "not included in this ONNX Runtime build"))
+                Err("not included in this ONNX Runtime build".to_string())
             };
             match attempt {
                 Ok(session) => {
                     if announce {
-                        tracing::info!(
-                        stage = "synth",
-                        provider = kind.name(),
-                        fallbacks = %joined(&reasons),
-                        "{} serves the denoiser{}",
-                        runtime::ort_name(kind),
-                        if reasons.is_empty() { String::new() } else { format!(" ({})", joined(&reasons)) }
-                        );
+                        announce_choice(kind, &skipped);
                     }
                     let timestep = contract::timestep_input(session.inputs());
                     let output_name = session
@@ -132,7 +126,10 @@ impl ModelSession {
                         bound_runs: std::sync::atomic::AtomicBool::new(false),
                     });
                 }
-                Err(reason) => reasons.push(reason),
+                Err(raw) => {
+                    reasons.push(runtime::explain(kind, &raw));
+                    skipped.push((kind, runtime::brief(kind, &raw)));
+                }
             }
         }
         if synth.require_gpu {
@@ -317,6 +314,42 @@ impl ModelSession {
         output.clear();
         output.extend_from_slice(data);
         Ok(())
+    }
+}
+
+/// One short line per provider skipped, each said once per process (every
+/// pipeline's engine tries the same providers), then which one serves.
+fn announce_choice(kind: ProviderKind, skipped: &[(ProviderKind, String)]) {
+    static SAID: Mutex<Vec<(ProviderKind, String)>> = Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (skipped_kind, brief) in skipped {
+        if said.iter().any(|(k, b)| k == skipped_kind && b == brief) {
+            continue;
+        }
+        said.push((*skipped_kind, brief.clone()));
+        tracing::info!(
+            stage = "synth",
+            provider = skipped_kind.name(),
+            "{} not used: {brief} (`synthd doctor` says how to enable it)",
+            runtime::ort_name(*skipped_kind)
+        );
+    }
+    let fallbacks: Vec<&str> = skipped.iter().map(|(k, _)| k.name()).collect();
+    if fallbacks.is_empty() {
+        tracing::info!(
+            stage = "synth",
+            provider = kind.name(),
+            "{} serves the denoiser",
+            runtime::ort_name(kind)
+        );
+    } else {
+        tracing::info!(
+            stage = "synth",
+            provider = kind.name(),
+            skipped = %fallbacks.join(","),
+            "{} serves the denoiser",
+            runtime::ort_name(kind)
+        );
     }
 }
 
