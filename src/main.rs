@@ -186,6 +186,23 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Act on quarantined inputs (see `synthd status` for their jobs).
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineAction {
+    /// Remove a quarantined input for good; the ledger records it as discarded.
+    Discard {
+        /// The job, as listed by `synthd status` (e.g. job-000042).
+        job: String,
+        /// The daemon config [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn parse_provider(text: &str) -> Result<synthd::config::pipeline::ProviderKind, String> {
@@ -290,6 +307,9 @@ fn main() -> ExitCode {
         Command::Requeue { job, all, config, .. } => {
             commands::requeue::run(&config::config_path(config.as_deref()), job.as_deref(), all)
         }
+        Command::Quarantine {
+            action: QuarantineAction::Discard { job, config },
+        } => commands::quarantine::discard(&config::config_path(config.as_deref()), &job),
         Command::Keygen { file } => synthd::keyfile::generate(&file)
             .map(|()| {
                 println!("wrote {} (mode 0600)", file.display());

@@ -82,6 +82,52 @@ fn bad_inputs_are_quarantined_with_reason_codes_and_the_daemon_keeps_running() {
     wait_until(Duration::from_secs(10), "the requeued input quarantined again", || {
         layout.status()["jobs"]["requeued"] == 1 && quarantine_codes(&layout).len() == 6
     });
+    // The conflicting copy's reason says where the other copy is; discarding
+    // it removes it for good, recorded in the ledger.
+    let conflict = status["recent_quarantines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["code"] == "conflicting-duplicate")
+        .unwrap()
+        .clone();
+    let message = conflict["message"].as_str().unwrap();
+    let other = files_under(&layout.path("outbox")).pop().unwrap();
+    assert!(
+        message.contains(&format!("output {}", other.display())) && message.contains("original "),
+        "{message}"
+    );
+    assert!(message.contains("synthd quarantine discard JOB"), "{message}");
+    let job = conflict["job"].as_str().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_synthd"))
+        .args([
+            "quarantine",
+            "discard",
+            job,
+            "--config",
+            layout.config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("discarded {job} (conflicting-duplicate)")));
+    assert!(!layout.path("quarantine").join(job).exists());
+    let status = layout.status();
+    assert_eq!(count(&status, "jobs", "discarded"), 1, "{status}");
+    assert_eq!(count(&status, "instances", "discarded"), 1, "{status}");
+    // Only quarantined jobs can be discarded.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_synthd"))
+        .args([
+            "quarantine",
+            "discard",
+            job,
+            "--config",
+            layout.config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is discarded, not quarantined"));
     assert!(daemon.stop().success());
     let log = layout.log();
     assert!(log.contains("reason=not-a-regular-file"), "{log}");

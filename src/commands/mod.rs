@@ -8,6 +8,7 @@ pub mod init;
 pub mod merge;
 pub mod process;
 pub mod progress;
+pub mod quarantine;
 pub mod requeue;
 pub mod run;
 pub mod status;

@@ -206,7 +206,7 @@ fn print_text(status: &Value) {
             flag["message"].as_str().unwrap_or("")
         );
     }
-    println!("recent quarantines (requeue with `synthd requeue JOB`):");
+    println!("recent quarantines (requeue with `synthd requeue JOB`, drop with `synthd quarantine discard JOB`):");
     let recent = status["recent_quarantines"].as_array().cloned().unwrap_or_default();
     if recent.is_empty() {
         println!("  none");

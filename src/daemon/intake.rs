@@ -3,8 +3,9 @@
 
 use super::receiving::{Receiving, ToStage};
 use super::{Daemon, DaemonError, Engine};
+use crate::config::OriginalsPolicy;
 use crate::ingest::{self, Entry};
-use crate::ledger::{InstanceState, NewInstance};
+use crate::ledger::{Instance, InstanceState, NewInstance};
 use crate::phi::{keyed_digest, StudyKey};
 use crate::quarantine::{ReasonCode, Rejection, Stage};
 use std::collections::HashSet;
@@ -201,7 +202,12 @@ impl<E: Engine> Daemon<E> {
             }
             let rejection = Rejection::new(
                 ReasonCode::ConflictingDuplicate,
-                "an instance with the same SOP Instance UID but different bytes was already taken; compare the two copies, then `synthd requeue` the right one",
+                format!(
+                    "an instance with the same SOP Instance UID but different bytes was already taken ({}); \
+                     compare the two copies, then drop this one with `synthd quarantine discard JOB` or, if it is \
+                     the right one, `synthd requeue JOB`",
+                    self.where_is(&existing)
+                ),
             );
             return self.quarantine_new(&new, &rejection);
         }
@@ -221,6 +227,40 @@ impl<E: Engine> Daemon<E> {
             inbox_path: path.to_path_buf(),
         });
         Ok(())
+    }
+
+    /// Where a taken instance's copy is now, for an admin comparing it with
+    /// a conflicting one: by job and ledger id, never by the inbox name.
+    fn where_is(&self, existing: &Instance) -> String {
+        let paths = &self.config.paths;
+        let job = existing.job_id.map(crate::ledger::job_name).unwrap_or_default();
+        let original = paths.work.join(&job).join(existing.work_name());
+        match existing.state {
+            InstanceState::Received => format!(
+                "the other copy waits for its study in {}",
+                Receiving::path(&paths.work, &existing.study_key, existing.id).display()
+            ),
+            InstanceState::Claimed => format!("the other copy is being processed by {job}: {}", original.display()),
+            _ => {
+                let output = existing
+                    .output
+                    .as_ref()
+                    .map(|output| paths.outbox.join(output).display().to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                let original = match self.config.raw.daemon.originals {
+                    // Its job may still be finishing: the original leaves work/ last.
+                    _ if original.exists() => original.display().to_string(),
+                    OriginalsPolicy::Archive => paths
+                        .archive
+                        .join(&job)
+                        .join(existing.work_name())
+                        .display()
+                        .to_string(),
+                    OriginalsPolicy::Delete => "deleted after processing".into(),
+                };
+                format!("the other copy was processed by {job}: output {output}, original {original}")
+            }
+        }
     }
 
     fn quarantine_at_intake(

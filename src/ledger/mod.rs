@@ -53,10 +53,12 @@ pub enum JobState {
     Quarantined,
     /// An admin sent the quarantined input back to the inbox.
     Requeued,
+    /// An admin removed the quarantined input (`synthd quarantine discard`).
+    Discarded,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 9] = [
+    pub const ALL: [JobState; 10] = [
         JobState::Claiming,
         JobState::Claimed,
         JobState::Deidentified,
@@ -66,6 +68,7 @@ impl JobState {
         JobState::Quarantining,
         JobState::Quarantined,
         JobState::Requeued,
+        JobState::Discarded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +82,7 @@ impl JobState {
             JobState::Quarantining => "quarantining",
             JobState::Quarantined => "quarantined",
             JobState::Requeued => "requeued",
+            JobState::Discarded => "discarded",
         }
     }
 
@@ -94,7 +98,10 @@ impl JobState {
 
     /// States a restart must pick up again.
     pub fn is_intermediate(self) -> bool {
-        !matches!(self, JobState::Done | JobState::Quarantined | JobState::Requeued)
+        !matches!(
+            self,
+            JobState::Done | JobState::Quarantined | JobState::Requeued | JobState::Discarded
+        )
     }
 }
 
@@ -111,16 +118,19 @@ pub enum InstanceState {
     /// The same SOP Instance with identical bytes was already taken; dropped.
     Duplicate,
     Requeued,
+    /// Its quarantined file was removed by an admin.
+    Discarded,
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 6] = [
+    pub const ALL: [InstanceState; 7] = [
         InstanceState::Received,
         InstanceState::Claimed,
         InstanceState::Written,
         InstanceState::Quarantined,
         InstanceState::Duplicate,
         InstanceState::Requeued,
+        InstanceState::Discarded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +141,7 @@ impl InstanceState {
             InstanceState::Quarantined => "quarantined",
             InstanceState::Duplicate => "duplicate",
             InstanceState::Requeued => "requeued",
+            InstanceState::Discarded => "discarded",
         }
     }
 
@@ -394,7 +405,7 @@ impl Ledger {
     pub fn unfinished_jobs(&self) -> Result<Vec<Job>, LedgerError> {
         let all = self.query_jobs(
             &format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state NOT IN ('done', 'quarantined', 'requeued') ORDER BY id"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state NOT IN ('done', 'quarantined', 'requeued', 'discarded') ORDER BY id"
             ),
             [],
         )?;
@@ -700,6 +711,22 @@ impl Ledger {
             )?;
             tx.execute(
                 "UPDATE instances SET state = 'requeued' WHERE job_id = ?1",
+                params![job],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Marks a quarantined job and its instances as discarded by an admin;
+    /// recorded before the quarantine folder is removed.
+    pub fn mark_discarded(&mut self, job: i64) -> Result<(), LedgerError> {
+        self.transaction(|tx| {
+            tx.execute(
+                "UPDATE jobs SET state = 'discarded', updated = ?1 WHERE id = ?2",
+                params![now(), job],
+            )?;
+            tx.execute(
+                "UPDATE instances SET state = 'discarded' WHERE job_id = ?1",
                 params![job],
             )?;
             Ok(())
