@@ -7,9 +7,12 @@ use std::io::IsTerminal;
 use tracing_subscriber::fmt::time::UtcTime;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
+/// Installs the global subscriber. `RUST_LOG` overrides the default `info`
+/// (`warn` for the notify crate).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // notify logs at info when a removed folder's watch is already gone
+    // (every emptied drop folder): not an event an admin needs.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,notify=warn"));
     let timer = UtcTime::rfc_3339();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -59,6 +59,11 @@ fn three_slowly_copied_studies_are_each_processed_once_after_stable_age() {
     let status = layout.status();
     assert_eq!(count(&status, "jobs", "done"), 3, "{status}");
     assert_eq!(count(&status, "instances", "written"), 12, "{status}");
+    // The emptied drop folders go once quiet for stable_age (1 s).
+    wait_until(Duration::from_secs(10), "the empty study folders removed", || {
+        fs::read_dir(&inbox).unwrap().count() == 0
+    });
+    assert!(inbox.is_dir(), "the inbox itself stays");
     assert!(daemon.stop().success(), "SIGTERM must exit 0");
     let log = layout.log();
     assert_eq!(log.matches("study claimed").count(), 3, "{log}");

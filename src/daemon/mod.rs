@@ -581,8 +581,33 @@ impl<E: Engine> Daemon<E> {
                 self.settler.retain(&present);
                 self.recorded.retain(|path| present.contains(path));
                 self.unreadable.retain(|path| present.contains(path));
+                self.remove_empty_drop_folders();
             }
             Err(error) => self.pause_for("inbox-unreadable", format!("cannot list the inbox: {error}")),
+        }
+    }
+
+    /// Removes empty drop folders quiet for `stable_age`, except those a
+    /// claim or flush may still sync: the inbox folders of received
+    /// instances and of claims not yet durable (a folder gone from under a
+    /// sync would pause intake).
+    fn remove_empty_drop_folders(&mut self) {
+        let mut keep: HashSet<PathBuf> = self.unsynced.folders.iter().cloned().collect();
+        let mut pending = match self.ledger.received() {
+            Ok(received) => received,
+            Err(_) => return,
+        };
+        for job in self
+            .ledger
+            .jobs_in(crate::ledger::JobState::Claiming)
+            .unwrap_or_default()
+        {
+            pending.extend(self.ledger.instances_of(job.id).unwrap_or_default());
+        }
+        keep.extend(pending.iter().filter_map(|i| i.inbox_path.parent().map(PathBuf::from)));
+        let quiet_for = self.config.raw.ingest.stable_age.as_duration();
+        for folder in crate::ingest::scan::remove_empty_folders(&self.config.paths.inbox, quiet_for, &keep) {
+            self.ready.remove(&folder);
         }
     }
 

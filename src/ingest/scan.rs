@@ -1,10 +1,11 @@
 //! Walking the inbox. Symlinks are never followed (a link in the inbox is
 //! refused, whatever it points at), so nothing outside the inbox is read.
 
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// What one inbox entry is to intake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +104,54 @@ pub fn scan_inbox(inbox: &Path) -> std::io::Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// Removes the inbox's empty drop folders that have not changed for
+/// `quiet_for` (senders make a folder per study; once synthd has taken the
+/// files it would stay for ever). Hidden folders (a sender's staging area)
+/// and the inbox itself stay. A folder emptied by this pass goes too when it
+/// had been quiet that long before. `rmdir` fails on a folder that gained
+/// an entry meanwhile, so nothing a sender just wrote is touched. Returns
+/// the folders removed. Folders in `keep` stay (the daemon still has to
+/// sync them).
+pub fn remove_empty_folders(inbox: &Path, quiet_for: Duration, keep: &HashSet<PathBuf>) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    if let Ok(listing) = fs::read_dir(inbox) {
+        for item in listing.flatten() {
+            if item.file_type().is_ok_and(|kind| kind.is_dir()) {
+                remove_if_empty(&item.path(), quiet_for, keep, &mut removed);
+            }
+        }
+    }
+    removed
+}
+
+/// Post-order: children first; true when `folder` was removed.
+fn remove_if_empty(folder: &Path, quiet_for: Duration, keep: &HashSet<PathBuf>, removed: &mut Vec<PathBuf>) -> bool {
+    let hidden = folder
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+        || keep.contains(folder);
+    let quiet = fs::symlink_metadata(folder)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= quiet_for);
+    let Ok(listing) = fs::read_dir(folder) else {
+        return false;
+    };
+    let mut left = 0;
+    for item in listing.flatten() {
+        let is_dir = item.file_type().is_ok_and(|kind| kind.is_dir());
+        if !(is_dir && remove_if_empty(&item.path(), quiet_for, keep, removed)) {
+            left += 1;
+        }
+    }
+    if hidden || !quiet || left > 0 || fs::remove_dir(folder).is_err() {
+        return false;
+    }
+    removed.push(folder.to_path_buf());
+    true
+}
+
 fn entry_path(entry: &Entry) -> Option<&Path> {
     match entry {
         Entry::File(candidate) => Some(&candidate.path),
@@ -149,5 +198,23 @@ mod tests {
         fs::rename(inbox.join(".incoming/study"), inbox.join("study")).unwrap();
         let taken = classify(&inbox, &inbox.join("study/a.dcm"));
         assert!(matches!(taken, Some(Entry::File(_))), "{taken:?}");
+    }
+
+    #[test]
+    fn empty_drop_folders_go_once_quiet_and_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        for folder in ["empty/nested", "full", ".staging", "kept"] {
+            fs::create_dir_all(inbox.join(folder)).unwrap();
+        }
+        fs::write(inbox.join("full/a.dcm"), b"x").unwrap();
+        // Not quiet long enough: nothing goes.
+        let keep = HashSet::from([inbox.join("kept")]);
+        assert!(remove_empty_folders(&inbox, Duration::from_secs(3600), &keep).is_empty());
+        let removed = remove_empty_folders(&inbox, Duration::ZERO, &keep);
+        assert_eq!(removed, [inbox.join("empty/nested"), inbox.join("empty")]);
+        assert!(inbox.join("full/a.dcm").is_file() && inbox.join(".staging").is_dir() && inbox.is_dir());
+        // A folder the daemon still has to sync stays.
+        assert!(inbox.join("kept").is_dir());
     }
 }
