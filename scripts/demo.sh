@@ -9,8 +9,10 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 scripts/setup.sh
-echo "== building synthd (release)"
-cargo build --release --quiet
+# Not --quiet: the first release build takes minutes (about five on two
+# cores), and cargo's per-crate lines show it is moving.
+echo "== building synthd (release; the first build takes a few minutes)"
+cargo build --release
 synthd="$root/target/release/synthd"
 
 mkdir -p .demo
