@@ -4,7 +4,7 @@
 use super::receiving::{Receiving, ToStage};
 use super::{Daemon, DaemonError, Engine};
 use crate::config::OriginalsPolicy;
-use crate::ingest::{self, Entry};
+use crate::ingest::{self, references, Entry};
 use crate::ledger::{Instance, InstanceState, NewInstance};
 use crate::phi::{keyed_digest, StudyKey};
 use crate::quarantine::{ReasonCode, Rejection, Stage};
@@ -149,6 +149,19 @@ impl<E: Engine> Daemon<E> {
             &[header.sop_instance_uid.expose().as_bytes()],
         ));
         let pipeline = ingest::select::pick_pipeline(&self.config.pipelines, &header).map(|p| p.name().to_string());
+        let series_digest =
+            references::own_series(&header.dataset).map(|uid| references::series_digest(&self.key, &uid));
+        // A SEG, SR or presentation state no pipeline takes waits for its
+        // claim, which gives it the pipeline of a series it references.
+        let refs = (pipeline.is_none() && references::is_reference_class(&header.sop_class_uid))
+            .then(|| {
+                let digests: Vec<String> = references::referenced_series(&header.dataset)
+                    .iter()
+                    .map(|uid| references::series_digest(&self.key, uid))
+                    .collect();
+                digests.join(" ")
+            })
+            .filter(|refs| !refs.is_empty());
         let new = NewInstance {
             study_key: study_key.as_str(),
             sop_digest: &sop_digest,
@@ -156,6 +169,8 @@ impl<E: Engine> Daemon<E> {
             inbox_path: path,
             pipeline: pipeline.as_deref(),
             arrived,
+            series_digest: series_digest.as_deref(),
+            refs: refs.as_deref(),
         };
         if let Some(existing) = self.ledger.live_with_sop(&sop_digest)? {
             let work = &self.config.paths.work;
@@ -211,7 +226,7 @@ impl<E: Engine> Daemon<E> {
             );
             return self.quarantine_new(&new, &rejection);
         }
-        if pipeline.is_none() {
+        if pipeline.is_none() && refs.is_none() {
             let rejection = Rejection::new(
                 ReasonCode::NoMatchingPipeline,
                 "no pipeline's [match] accepts this series (modality, SOP class, series description); add a pipeline or widen a [match]",
@@ -276,6 +291,8 @@ impl<E: Engine> Daemon<E> {
             inbox_path: path,
             pipeline: None,
             arrived: crate::ledger::now(),
+            series_digest: None,
+            refs: None,
         };
         self.quarantine_new(&new, rejection)
     }

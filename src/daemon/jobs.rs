@@ -65,6 +65,7 @@ impl<E: Engine> Daemon<E> {
             used_markers.extend(marked.into_iter().cloned());
             due.push((study, instances));
         }
+        let due = self.follow_references(due)?;
         self.claim(due)?;
         for marker in used_markers {
             // The marker has done its job; a crash before this only repeats an empty claim.
@@ -76,6 +77,63 @@ impl<E: Engine> Daemon<E> {
             }
         }
         Ok(())
+    }
+
+    /// Gives each SEG, SR or presentation state that waited without a
+    /// pipeline the pipeline of a series of its study it references, so it
+    /// is de-identified with that series (same keyed UIDs: its references
+    /// stay consistent). One that references no such series is quarantined
+    /// as no-matching-pipeline before the claim.
+    fn follow_references(
+        &mut self,
+        due: Vec<(String, Vec<Instance>)>,
+    ) -> Result<Vec<(String, Vec<Instance>)>, DaemonError> {
+        let mut kept = Vec::with_capacity(due.len());
+        for (study, instances) in due {
+            let mut claimable = Vec::with_capacity(instances.len());
+            for mut instance in instances {
+                if instance.pipeline.is_some() {
+                    claimable.push(instance);
+                    continue;
+                }
+                let refs = instance.refs.clone().unwrap_or_default();
+                let digests: Vec<&str> = refs.split_whitespace().collect();
+                match self.ledger.pipeline_of_series(&study, &digests)? {
+                    Some(pipeline) => {
+                        self.ledger.batch_instance_pipeline(instance.id, &pipeline)?;
+                        instance.pipeline = Some(pipeline);
+                        claimable.push(instance);
+                    }
+                    None => self.quarantine_unreferenced(&instance)?,
+                }
+            }
+            if !claimable.is_empty() {
+                kept.push((study, claimable));
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Quarantines a received reference object whose series no pipeline takes.
+    fn quarantine_unreferenced(&mut self, instance: &Instance) -> Result<(), DaemonError> {
+        let rejection = Rejection::new(
+            ReasonCode::NoMatchingPipeline,
+            "a SEG, SR or presentation state whose referenced series no pipeline takes (or did not arrive with its study); \
+             send it with its series, or add a pipeline for that series",
+        );
+        let work = self.config.paths.work.clone();
+        let received = Receiving::path(&work, &instance.study_key, instance.id);
+        let source = if received.exists() {
+            received
+        } else {
+            instance.inbox_path.clone()
+        };
+        self.recorded.remove(&instance.inbox_path);
+        let job =
+            self.ledger
+                .begin_instance_quarantine(instance, &source, rejection.code.as_str(), &rejection.message)?;
+        self.receiving.taken_out(&instance.study_key, instance.id);
+        self.finish_quarantine(job, &source, &rejection, Stage::Ingest)
     }
 
     /// Claims complete studies together: one ledger transaction records

@@ -69,6 +69,14 @@ impl Receiving {
         }
     }
 
+    /// An instance left the study's folder on its own (quarantined before
+    /// the claim): the folder can still be claimed whole without it.
+    pub fn taken_out(&mut self, study: &str, id: i64) {
+        if let Some(ids) = self.made_here.get_mut(study) {
+            ids.remove(&id);
+        }
+    }
+
     /// Whether the study's folder holds exactly `ids`, all moved by this
     /// process, so that renaming the folder claims them all and nothing else.
     pub fn holds_exactly(&self, study: &str, ids: &HashSet<i64>) -> bool {

@@ -3,6 +3,7 @@
 //! Pixel Data); de-identification is the deid stage's business.
 
 pub mod header;
+pub mod references;
 pub mod scan;
 pub mod select;
 pub mod settle;

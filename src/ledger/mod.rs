@@ -203,6 +203,10 @@ pub struct Instance {
     pub state: InstanceState,
     pub output: Option<PathBuf>,
     pub arrived: f64,
+    /// For a SEG, SR or presentation state no pipeline matched: the keyed
+    /// digests of the series it references, space-separated; the claim
+    /// gives it the pipeline of one of them (`ingest::references`).
+    pub refs: Option<String>,
 }
 
 impl Instance {
@@ -223,6 +227,10 @@ pub struct NewInstance<'a> {
     pub pipeline: Option<&'a str>,
     /// When the file landed in the inbox (seconds since the epoch).
     pub arrived: f64,
+    /// Keyed digest of its Series Instance UID.
+    pub series_digest: Option<&'a str>,
+    /// See [`Instance::refs`].
+    pub refs: Option<&'a str>,
 }
 
 pub struct Ledger {
@@ -251,7 +259,9 @@ CREATE TABLE IF NOT EXISTS instances (
     job_id INTEGER REFERENCES jobs(id),
     state TEXT NOT NULL,
     output TEXT,
-    arrived REAL NOT NULL
+    arrived REAL NOT NULL,
+    series_digest TEXT,
+    refs TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_sop ON instances(sop_digest);
 CREATE INDEX IF NOT EXISTS instances_state ON instances(state, study_key);
@@ -261,7 +271,24 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 
 const JOB_COLUMNS: &str = "id, study_key, state, reason_code, reason_message, source, created, updated";
 const INSTANCE_COLUMNS: &str =
-    "id, study_key, sop_digest, content_digest, inbox_path, pipeline, job_id, state, output, arrived";
+    "id, study_key, sop_digest, content_digest, inbox_path, pipeline, job_id, state, output, arrived, refs";
+
+/// Columns added after the first release, with their type: added to an
+/// older ledger when it is opened.
+const ADDED_INSTANCE_COLUMNS: [(&str, &str); 2] = [("series_digest", "TEXT"), ("refs", "TEXT")];
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let present: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('instances')")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (name, kind) in ADDED_INSTANCE_COLUMNS {
+        if !present.iter().any(|column| column == name) {
+            conn.execute_batch(&format!("ALTER TABLE instances ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// Seconds since the Unix epoch; wall clock because completeness must survive restarts.
 pub fn now() -> f64 {
@@ -286,6 +313,7 @@ impl Ledger {
         conn.pragma_update(None, "synchronous", "FULL").map_err(wrap)?;
         conn.execute_batch(SCHEMA).map_err(wrap)?;
         conn.execute_batch(sends::SCHEMA).map_err(wrap)?;
+        add_missing_columns(&conn).map_err(wrap)?;
         Ok(Ledger { conn, path })
     }
 
@@ -353,6 +381,7 @@ impl Ledger {
                 state: InstanceState::Received,
                 output: row.get::<_, Option<String>>(8)?.map(PathBuf::from),
                 arrived: row.get(9)?,
+                refs: row.get(10)?,
             },
             state,
         ))
@@ -476,8 +505,8 @@ impl Ledger {
     ) -> Result<i64, LedgerError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO instances (study_key, sop_digest, content_digest, inbox_path, pipeline, job_id, state, arrived) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO instances (study_key, sop_digest, content_digest, inbox_path, pipeline, job_id, state, arrived, series_digest, refs) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -488,7 +517,9 @@ impl Ledger {
                     new.pipeline,
                     job_id,
                     state.as_str(),
-                    new.arrived
+                    new.arrived,
+                    new.series_digest,
+                    new.refs
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -733,6 +764,38 @@ impl Ledger {
         })
     }
 
+    /// The pipeline taking a series of `study_key` named by one of
+    /// `series_digests` (received, claimed or written), if any.
+    pub fn pipeline_of_series(&self, study_key: &str, series_digests: &[&str]) -> Result<Option<String>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT pipeline FROM instances WHERE study_key = ?1 AND series_digest = ?2 \
+                 AND pipeline IS NOT NULL AND state IN ('received', 'claimed', 'written') LIMIT 1",
+            )
+            .map_err(|e| self.err(e))?;
+        for digest in series_digests {
+            let found: Option<String> = stmt
+                .query_row(params![study_key, digest], |row| row.get(0))
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives a received instance its pipeline, in the open batch (opening one).
+    pub fn batch_instance_pipeline(&mut self, instance: i64, pipeline: &str) -> Result<(), LedgerError> {
+        self.begin_batch()?;
+        self.conn
+            .prepare_cached("UPDATE instances SET pipeline = ?1 WHERE id = ?2")
+            .and_then(|mut stmt| stmt.execute(params![pipeline, instance]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Job counts by state, in [`JobState::ALL`] order.
     pub fn job_counts(&self) -> Result<Vec<(JobState, u64)>, LedgerError> {
         let mut counts = Vec::new();
@@ -805,6 +868,8 @@ mod tests {
             inbox_path: path,
             pipeline: Some("deid-only"),
             arrived: now(),
+            series_digest: None,
+            refs: None,
         }
     }
 
