@@ -29,22 +29,37 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a ready-to-run layout in DIR: synthd.toml, a fresh 0600 key file, example pipelines.
+    /// Write a ready-to-run layout in DIR (synthd.toml, a fresh 0600 key file, example pipelines),
+    /// or with --system the layout the systemd units expect (/etc/synthd, /var/lib/synthd).
     Init {
         /// The folder to create (must not hold a synthd.toml yet).
-        dir: PathBuf,
+        #[arg(required_unless_present = "system", conflicts_with = "system")]
+        dir: Option<PathBuf>,
+        /// Config and pipelines in /etc/synthd, the key readable only by the synthd user, data under
+        /// /var/lib/synthd; keeps whatever exists.
+        #[arg(long)]
+        system: bool,
+        /// Prefix every path with this root (a scratch install, as systemd-sysusers --root).
+        #[arg(long, hide = true, requires = "system", default_value = "/")]
+        root: PathBuf,
     },
+    /// Write the Debian package's generated files (man pages, completions, example config) into DIR.
+    #[command(hide = true)]
+    PackageAssets { dir: PathBuf },
     /// Check daemon configs and pipeline files; exit 0 when valid, 2 when not.
     Validate {
         /// synthd.toml files and pipeline files, in any mix.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Report the ONNX Runtime in use, its execution providers, paths, key file and pipelines.
+    /// Report the ONNX Runtime in use, its execution providers, paths, key file, pipelines and unit.
     Doctor {
         /// The daemon config [default: $SYNTHD_CONFIG, else /etc/synthd/synthd.toml].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The synthd.service whose ReadWritePaths= to check [default: the installed one].
+        #[arg(long)]
+        unit: Option<PathBuf>,
     },
     /// De-identify DICOM files and folders per DICOM PS3.15 Annex E into DIR/<study>/<series>/<sop>.dcm.
     Deid {
@@ -252,9 +267,14 @@ fn main() -> ExitCode {
     };
     synthd::logging::init(cli.log_format.or(configured).unwrap_or_default());
     let result = match cli.command {
-        Command::Init { dir } => commands::init::run(&dir),
+        Command::Init { dir: Some(dir), .. } => commands::init::run(&dir),
+        Command::Init { dir: None, root, .. } => commands::init_system::run(&root),
+        Command::PackageAssets { dir } => commands::package::write(&dir, <Cli as clap::CommandFactory>::command()),
         Command::Validate { files } => Ok(commands::validate::run(&files)),
-        Command::Doctor { config } => Ok(commands::doctor::run(&config::config_path(config.as_deref()))),
+        Command::Doctor { config, unit } => Ok(commands::doctor::run(
+            &config::config_path(config.as_deref()),
+            unit.as_deref(),
+        )),
         Command::Deid {
             inputs,
             output,

@@ -157,7 +157,11 @@ fn sigterm_during_synthesis_waits_for_it_and_records_it() {
     // time to finish it however loaded the machine is.
     let (site, config, _) = site_with_tiny_pipeline(dir.path(), 100);
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("shutdown_timeout = \"30s\"", "shutdown_timeout = \"600s\"")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("shutdown_timeout = \"30s\"", "shutdown_timeout = \"600s\""),
+    )
+    .unwrap();
     let log = dir.path().join("daemon.log");
     let mut daemon = start_daemon(&config, &log);
     drop_demo_study(&site);

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Prints the report; returns 1 when something required is broken.
-pub fn run(config_file: &Path) -> i32 {
+pub fn run(config_file: &Path, unit: Option<&Path>) -> i32 {
     let mut broken = 0;
     println!("synthd {}", env!("CARGO_PKG_VERSION"));
 
@@ -107,6 +107,7 @@ pub fn run(config_file: &Path) -> i32 {
         if config.pipelines.is_empty() {
             println!("  none configured: the daemon would quarantine every study as no-matching-pipeline");
         }
+        broken += check_unit(config, unit);
     }
 
     if broken == 0 {
@@ -116,6 +117,38 @@ pub fn run(config_file: &Path) -> i32 {
         println!("result: {broken} problem(s) above need attention");
         1
     }
+}
+
+/// Every `[paths]` folder must be under the unit's `ReadWritePaths=`
+/// (`ProtectSystem=strict` makes the rest read-only). Returns the problems.
+fn check_unit(config: &Config, unit: Option<&Path>) -> i32 {
+    let Some(unit) = unit.map(Path::to_path_buf).or_else(super::unit_paths::find_unit) else {
+        println!("unit: synthd.service not installed; ReadWritePaths= not checked (docs/install.md)");
+        return 0;
+    };
+    let allowed = match super::unit_paths::read_write_paths(&unit) {
+        Ok(allowed) => allowed,
+        Err(error) => {
+            println!("unit: {} PROBLEM: cannot read it: {error}", unit.display());
+            return 1;
+        }
+    };
+    let problems = super::unit_paths::mismatches(&config.paths.named(), &allowed);
+    if problems.is_empty() {
+        println!(
+            "unit: {} ok (ReadWritePaths= covers every [paths] folder)",
+            unit.display()
+        );
+        return 0;
+    }
+    println!(
+        "unit: {} PROBLEM: its ReadWritePaths= and the config disagree:",
+        unit.display()
+    );
+    for problem in &problems {
+        println!("  {problem}");
+    }
+    problems.len() as i32
 }
 
 /// "ok (writable, 12.3GiB free)" or what is wrong.

@@ -51,7 +51,7 @@ pub fn run(dir: &Path) -> Result<i32> {
             ),
         }
     }
-    fs::write(&config_file, config_text(&dir))
+    fs::write(&config_file, config_text(&SystemPaths::under(&dir), "synthd init"))
         .with_context(|| format!("init: cannot write {}", config_file.display()))?;
 
     println!("Wrote a synthd layout in {}:", dir.display());
@@ -67,10 +67,39 @@ pub fn run(dir: &Path) -> Result<i32> {
     Ok(0)
 }
 
-fn config_text(dir: &Path) -> String {
-    let path = |name: &str| dir.join(name).display().to_string();
+/// The paths a config names, as written into it.
+pub struct SystemPaths {
+    pub pipelines: String,
+    pub inbox: String,
+    pub work: String,
+    pub outbox: String,
+    pub quarantine: String,
+    pub archive: String,
+    pub state: String,
+    pub key: String,
+}
+
+impl SystemPaths {
+    /// Everything in one folder, as `synthd init DIR` lays it out.
+    fn under(dir: &Path) -> SystemPaths {
+        let path = |name: &str| dir.join(name).display().to_string();
+        SystemPaths {
+            pipelines: path("pipelines"),
+            inbox: path("inbox"),
+            work: path("work"),
+            outbox: path("outbox"),
+            quarantine: path("quarantine"),
+            archive: path("archive"),
+            state: path("state"),
+            key: path("synthd.key"),
+        }
+    }
+}
+
+/// The daemon config text; `writer` says what wrote it.
+pub fn config_text(paths: &SystemPaths, writer: &str) -> String {
     format!(
-        r#"# synthd daemon config, written by `synthd init`. Relative paths resolve
+        r#"# synthd daemon config, written by `{writer}`. Relative paths resolve
 # against this file's folder. Check changes with `synthd validate` before a reload.
 # The first pipeline (in this order) whose [match] takes a series handles it.
 # Synthesis examples are in {pipelines}/: list one here (before deid-only) to
@@ -152,14 +181,14 @@ min_free_space = "512MiB"
 # retry_initial = "5s"
 # retry_max = "10m"
 "#,
-        pipelines = path("pipelines"),
-        inbox = path("inbox"),
-        work = path("work"),
-        outbox = path("outbox"),
-        quarantine = path("quarantine"),
-        archive = path("archive"),
-        state = path("state"),
-        key = path("synthd.key"),
+        pipelines = paths.pipelines,
+        inbox = paths.inbox,
+        work = paths.work,
+        outbox = paths.outbox,
+        quarantine = paths.quarantine,
+        archive = paths.archive,
+        state = paths.state,
+        key = paths.key,
     )
 }
 
@@ -194,7 +223,7 @@ fn install_pipeline(dir: &Path, file_name: &str, text: &str) -> Result<Option<Pa
 }
 
 /// The value of the first `model = "..."` line.
-fn model_line(text: &str) -> Option<String> {
+pub fn model_line(text: &str) -> Option<String> {
     text.lines().find_map(|line| {
         let (key, value) = line.split_once('=')?;
         (key.trim() == "model").then(|| value.trim().trim_matches('"').to_string())

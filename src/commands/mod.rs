@@ -5,13 +5,16 @@ pub mod bench;
 pub mod deid;
 pub mod doctor;
 pub mod init;
+pub mod init_system;
 pub mod merge;
+pub mod package;
 pub mod process;
 pub mod progress;
 pub mod quarantine;
 pub mod requeue;
 pub mod run;
 pub mod status;
+pub mod unit_paths;
 pub mod validate;
 
 /// The example pipelines shipped in `pipelines/`, written by `synthd init`.
