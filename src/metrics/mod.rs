@@ -12,7 +12,7 @@
 //! value read from a DICOM file.
 //!
 //! For other stages, the calls to make:
-//! - synthesis QC (per synthetic series): [`synthetic_series`]`(pipeline, "pass" | "fail")`;
+//! - synthesis QC (per synthetic series): [`synthetic_series`]`(pipeline, "pass" | "flagged" | "quarantined")`;
 //! - DICOM export (per send): [`sent`]`(destination, "ok" | "failed" | "retried")`,
 //!   and [`set_destinations`] once the destinations are configured (the status page lists them);
 //! - ONNX Runtime (per batch run): [`onnx_batch`]`(provider, seconds)`.
@@ -504,7 +504,7 @@ impl Metrics {
     }
 }
 
-/// A synthetic series was written and checked: `qc` is "pass" or "fail"
+/// A synthetic series was checked by `[synth.qc]`: `qc` is "pass", "flagged" or "quarantined"
 /// (or another word of the QC's fixed vocabulary).
 pub fn synthetic_series(pipeline: &str, qc: &str) {
     let labels = SeriesLabels {

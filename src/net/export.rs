@@ -333,6 +333,7 @@ impl Worker {
             match self.attempt(&outgoing, &due) {
                 Attempt::Sent => {
                     self.ledger.send_acknowledged(send.id, &self.name)?;
+                    crate::metrics::sent(&self.name, "ok");
                     if self.failures > 0 {
                         tracing::info!(target: "net", destination = %self.name, "destination reachable again");
                     }
@@ -439,11 +440,13 @@ impl Worker {
     fn dead_letter(&mut self, send: &Send, reason: &str) -> Result<(), LedgerError> {
         tracing::warn!(target: "net", destination = %self.name, file = %send.path.display(), reason, "send failed permanently: dead letter (synthd requeue --dead-letters)");
         self.ledger.send_dead(send.id, reason)?;
+        crate::metrics::sent(&self.name, "failed");
         self.ledger.destination_error(&self.name, reason)
     }
 
     fn back_off(&mut self, send: &Send, reason: &str) -> Result<(), LedgerError> {
         self.failures += 1;
+        crate::metrics::sent(&self.name, "retried");
         let pause = backoff(self.retry_initial, self.retry_max, self.failures, &mut rand::rng());
         self.paused_until = Some(Instant::now() + pause);
         tracing::warn!(target: "net", destination = %self.name, reason, retry_in_s = pause.as_secs_f64(), "send failed; will retry");

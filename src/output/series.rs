@@ -417,6 +417,7 @@ fn write_variant(
             provenance.variant
         );
         if synth.qc.on_fail == QcAction::Quarantine {
+            crate::metrics::synthetic_series(context.pipeline.name(), "quarantined");
             return Err(Outcome::Quarantine(Rejection::new(
                 ReasonCode::SynthesisQcFailed,
                 message,
@@ -424,6 +425,7 @@ fn write_variant(
         }
         report.qc_flagged.push((series.uid.to_string(), message));
     }
+    crate::metrics::synthetic_series(context.pipeline.name(), if passed { "pass" } else { "flagged" });
     let mut written = Vec::with_capacity(result.slices.len());
     for (index, output) in result.slices.iter().enumerate() {
         let instance =
