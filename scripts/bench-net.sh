@@ -119,6 +119,7 @@ start_orthanc() {
   "DicomModalities": { "synthd": ["SYNTHD", "127.0.0.1", $synthd_port], "bench": ["BENCH", "127.0.0.1", 1] } }
 EOF
   Orthanc "$dir/orthanc.json" >/dev/null 2>"$dir/orthanc.log" &
+  echo $! > "$dir/orthanc.pid"
   pids+=("$!")
   for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$http/system" >/dev/null && return 0; sleep 0.05; done
   echo "Orthanc did not start" >&2
@@ -170,6 +171,8 @@ EOF
   base=$(log_time "$layout.log" "outputs queued for sending")
   outputs=$(sent_count "$layout/synthd.toml")
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  # run_send runs in a subshell: the EXIT trap never sees this Orthanc.
+  kill "$(cat "$orthanc/orthanc.pid")" 2>/dev/null || true
   echo "$(echo "$t1 - $base" | bc -l) $reference $outputs"
 }
 
