@@ -20,3 +20,4 @@ pub mod quarantine;
 pub mod runtime;
 pub mod shard;
 pub mod synth;
+pub mod uid_syntax;

@@ -35,17 +35,8 @@ pub fn is_registered(uid: &str) -> bool {
     uid.starts_with(DICOM_ROOT) || REGISTERED_ELSEWHERE.contains(&uid)
 }
 
-/// Whether `uid` is a valid UID (PS3.5 9.1): at most 64 characters, dot-
-/// separated numeric components, none empty, none with a leading zero.
-pub fn is_valid(uid: &str) -> bool {
-    !uid.is_empty()
-        && uid.len() <= 64
-        && uid.split('.').all(|component| {
-            !component.is_empty()
-                && component.bytes().all(|b| b.is_ascii_digit())
-                && (component == "0" || !component.starts_with('0'))
-        })
-}
+/// Whether `uid` is a valid UID (PS3.5 9.1).
+pub use crate::uid_syntax::is_valid;
 
 /// The keyed replacement of an instance UID.
 pub fn map_uid(key: &SiteKey, uid: &str) -> String {

@@ -9,7 +9,6 @@ pub mod export;
 pub mod scp;
 pub mod scu;
 pub mod store;
-pub mod uid;
 
 pub use export::Exporter;
 pub use scp::Scp;

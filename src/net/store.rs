@@ -6,9 +6,9 @@
 //! Only a durable file is answered with Success.
 
 use super::dimse::Status;
-use super::uid::is_valid_uid;
 use crate::fsutil;
 use crate::ingest::read_header;
+use crate::uid_syntax::is_valid as is_valid_uid;
 use dicom_object::FileMetaTableBuilder;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
