@@ -94,6 +94,29 @@ fn generated_masks_give_valid_synthetic_series_with_provenance() {
         .map(|e| e["mask_voxels"].as_u64().unwrap())
         .sum();
     assert!(inpainted > 0, "generated masks cover some pixels");
+    // Series folders say what they hold: `<kind>-<Series Instance UID>`.
+    for entry in &entries {
+        let prefix = match entry["kind"].as_str().unwrap() {
+            "source" => "deid",
+            kind => kind,
+        };
+        let series = entry["series_instance_uid"].as_str().unwrap();
+        let path = Path::new(entry["path"].as_str().unwrap());
+        let folder = path.parent().unwrap().to_str().unwrap();
+        assert_eq!(folder, format!("{prefix}-{series}"), "{entry}");
+        assert!(study_dir.join(path).is_file(), "{}", path.display());
+    }
+    assert!(
+        study_dir
+            .join(
+                Path::new(of_kind(&entries, "synthetic")[0]["path"].as_str().unwrap())
+                    .parent()
+                    .unwrap()
+                    .join("preview.png")
+            )
+            .is_file(),
+        "the preview lies in its synthetic series' folder"
+    );
     let text = std::fs::read_to_string(study_dir.join("manifest.jsonl")).unwrap();
     assert!(
         !text.contains("FAKE") && !text.contains("Fake"),

@@ -440,7 +440,7 @@ fn prepare(deidentifier: &Deidentifier, path: &Path, output: &Path, context: &Sh
     };
     Ok(Prepared::Write(Pending {
         input: path.to_path_buf(),
-        target: output.join(deidentified.relative_path()),
+        target: output.join(crate::output::study::source_path(&deidentified)),
         bytes,
         crosswalk: deidentified
             .crosswalk

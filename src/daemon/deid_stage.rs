@@ -104,7 +104,7 @@ impl Engine for DeidEngine {
         let bytes = item
             .to_bytes()
             .map_err(|error| Rejection::new(ReasonCode::UnsupportedTransferSyntax, error.to_string()))?;
-        Ok((item.relative_path(), bytes))
+        Ok((crate::output::study::source_path(item), bytes))
     }
     fn provider(&self, pipeline: &str) -> Option<String> {
         let synthesis = self.synthesis.get(pipeline)?;

@@ -22,7 +22,7 @@ use dicom_dictionary_std::{tags, StandardDataDictionary};
 use dicom_object::mem::InMemElement;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const SAFE_PRIVATE_TSV: &str = include_str!("safe_private.tsv");
 
@@ -140,13 +140,6 @@ impl Deidentified {
         bytes.extend_from_slice(&length.to_le_bytes());
         bytes.extend_from_slice(data);
         Some(Ok(bytes))
-    }
-
-    /// `<study>/<series>/<sop>.dcm`, named only by new UIDs.
-    pub fn relative_path(&self) -> PathBuf {
-        Path::new(&self.study_uid)
-            .join(&self.series_uid)
-            .join(format!("{}.dcm", self.sop_instance_uid))
     }
 }
 

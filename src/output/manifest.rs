@@ -16,6 +16,25 @@ pub enum InstanceKind {
     Seg,
 }
 
+impl InstanceKind {
+    /// The readable prefix of this kind's series folders, so that a person
+    /// browsing the outbox tells the synthetic series from the de-identified
+    /// one without opening files.
+    pub fn folder_prefix(self) -> &'static str {
+        match self {
+            InstanceKind::Source => "deid",
+            InstanceKind::Synthetic => "synthetic",
+            InstanceKind::Seg => "seg",
+        }
+    }
+
+    /// `<prefix>-<Series Instance UID>`: the series folder inside the study
+    /// folder. The UID keeps folders unique; the prefix says what is inside.
+    pub fn series_folder(self, series_instance_uid: &str) -> String {
+        format!("{}-{series_instance_uid}", self.folder_prefix())
+    }
+}
+
 /// One line of manifest.jsonl.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ManifestEntry {

@@ -433,7 +433,7 @@ fn write_variant(
                 .map_err(|e| Outcome::Skip(e.to_string()))?;
         let sop = string_of(&instance, tags::SOP_INSTANCE_UID).unwrap_or_default();
         let synthetic_series = string_of(&instance, tags::SERIES_INSTANCE_UID).unwrap_or_default();
-        let relative = Path::new(&synthetic_series).join(format!("{sop}.dcm"));
+        let relative = Path::new(&InstanceKind::Synthetic.series_folder(&synthetic_series)).join(format!("{sop}.dcm"));
         write_object(&study_dir.join(&relative), &instance).map_err(|e| Outcome::Skip(e.to_string()))?;
         let qc = checks[index].clone();
         entries.push(ManifestEntry {
@@ -490,7 +490,9 @@ fn write_variant(
         let window = pixels::window(&series.formats[0], &series.stored[series.stored.len() / 2]);
         let verdict = if passed { "PASS" } else { "FLAGGED" };
         let caption = vec![format!("QC {verdict}"), numbers.to_uppercase()];
-        let path = study_dir.join(&synthetic_series).join("preview.png");
+        let path = study_dir
+            .join(InstanceKind::Synthetic.series_folder(&synthetic_series))
+            .join("preview.png");
         preview::write_contact_sheet(&path, &sheet, window, &caption)
             .map_err(|e| Outcome::Skip(format!("preview: {e}")))?;
         report.previews += 1;
@@ -541,7 +543,7 @@ fn write_seg(
     };
     let sop = string_of(&seg_object, tags::SOP_INSTANCE_UID).unwrap_or_default();
     let seg_series = string_of(&seg_object, tags::SERIES_INSTANCE_UID).unwrap_or_default();
-    let relative = Path::new(&seg_series).join(format!("{sop}.dcm"));
+    let relative = Path::new(&InstanceKind::Seg.series_folder(&seg_series)).join(format!("{sop}.dcm"));
     write_object(&study_dir.join(&relative), &seg_object).map_err(|e| Outcome::Skip(e.to_string()))?;
     entries.push(ManifestEntry {
         path: relative.display().to_string(),

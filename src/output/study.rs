@@ -61,6 +61,14 @@ pub struct StudyContext<'a> {
     pub engine: Option<&'a Engine>,
 }
 
+/// Where a de-identified source instance goes, relative to the outbox:
+/// `<study>/deid-<series>/<sop>.dcm`, named only by new UIDs.
+pub fn source_path(instance: &Deidentified) -> PathBuf {
+    Path::new(&instance.study_uid)
+        .join(InstanceKind::Source.series_folder(&instance.series_uid))
+        .join(format!("{}.dcm", instance.sop_instance_uid))
+}
+
 /// Writes everything for one study (all instances share a de-identified
 /// Study Instance UID). Files are written durably; the manifest is rewritten
 /// whole, merged with what a previous job of the same study wrote.
@@ -88,7 +96,8 @@ pub fn write_study(
     let synthesize = pipeline.synth.is_some() && context.engine.is_some();
     if pipeline.output.deidentified_source || !synthesize {
         for instance in instances {
-            let relative = Path::new(&instance.series_uid).join(format!("{}.dcm", instance.sop_instance_uid));
+            let relative = Path::new(&InstanceKind::Source.series_folder(&instance.series_uid))
+                .join(format!("{}.dcm", instance.sop_instance_uid));
             if sources == SourceWrites::Write {
                 write_object(&study_dir.join(&relative), instance.object())?;
             }
