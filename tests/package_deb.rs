@@ -96,6 +96,9 @@ fn the_deb_installs_the_layout_the_units_expect_and_starts_nothing() {
         "etc/synthd/pipelines/deid-only.toml",
         "etc/synthd/pipelines/overnight-dataset.toml",
         "usr/share/synthd/pipelines/brain-mri-inpaint.toml",
+        "usr/share/synthd/pipelines/brain-lesion-add.toml",
+        "usr/share/synthd/pipelines/brain-lesion-remove.toml",
+        "usr/share/synthd/signatures/ctp-starter.toml",
         "usr/share/synthd/models/brain-inpaint-96.onnx",
         "usr/share/man/man1/synthd.1.gz",
         "usr/share/man/man1/synthd-run.1.gz",
@@ -112,6 +115,12 @@ fn the_deb_installs_the_layout_the_units_expect_and_starts_nothing() {
     assert!(config.contains("key_file = \"/etc/synthd/synthd.key\""), "{config}");
     let pipeline = fs::read_to_string(root.join("etc/synthd/pipelines/overnight-dataset.toml")).unwrap();
     assert!(pipeline.contains("model = \"/usr/share/synthd/models/brain-inpaint-96.onnx\""));
+    let reference = fs::read_to_string(root.join("usr/share/synthd/pipelines/brain-lesion-add.toml")).unwrap();
+    assert!(reference.contains("model = \"/usr/share/synthd/models/brain-inpaint-96.onnx\""));
+    assert!(
+        !root.join("etc/synthd/pipelines/brain-lesion-add.toml").exists(),
+        "reference pipelines are not enabled by installing"
+    );
 
     // Installing starts nothing: no maintainer script enables or starts a unit.
     for script in ["postinst", "prerm", "postrm"] {

@@ -33,3 +33,18 @@ pub const EXAMPLE_PIPELINES: &[(&str, &str)] = &[
         include_str!("../../pipelines/overnight-dataset.toml"),
     ),
 ];
+
+/// Pipelines shipped for reference only (`/usr/share/synthd/pipelines/`),
+/// never enabled by `init`: the first pipeline whose `[match]` accepts a
+/// series takes it, so adding these to a site would change which pipeline
+/// takes MR studies. Copy one into the pipelines folder to use it.
+pub const REFERENCE_PIPELINES: &[(&str, &str)] = &[
+    (
+        "brain-lesion-add.toml",
+        include_str!("../../pipelines/brain-lesion-add.toml"),
+    ),
+    (
+        "brain-lesion-remove.toml",
+        include_str!("../../pipelines/brain-lesion-remove.toml"),
+    ),
+];

@@ -7,7 +7,7 @@
 
 use super::init::{config_text, model_line};
 use super::init_system::{system_paths, PACKAGED_MODELS};
-use super::EXAMPLE_PIPELINES;
+use super::{EXAMPLE_PIPELINES, REFERENCE_PIPELINES};
 use anyhow::{Context, Result};
 use clap_complete::Shell;
 use std::fs;
@@ -17,7 +17,8 @@ pub fn write(dir: &Path, mut command: clap::Command) -> Result<i32> {
     let man = dir.join("man");
     let completions = dir.join("completions");
     let pipelines = dir.join("pipelines");
-    for folder in [&man, &completions, &pipelines] {
+    let reference = dir.join("reference-pipelines");
+    for folder in [&man, &completions, &pipelines, &reference] {
         fs::create_dir_all(folder).with_context(|| format!("package-assets: cannot create {}", folder.display()))?;
     }
     // synthd.1 and one page per subcommand (synthd-run.1, ...).
@@ -29,10 +30,20 @@ pub fn write(dir: &Path, mut command: clap::Command) -> Result<i32> {
     let config = dir.join("synthd.toml");
     fs::write(&config, config_text(&system_paths(), "the synthd package"))
         .with_context(|| format!("package-assets: cannot write {}", config.display()))?;
-    for (file_name, text) in EXAMPLE_PIPELINES {
-        let target = pipelines.join(file_name);
-        fs::write(&target, packaged_pipeline_text(text))
-            .with_context(|| format!("package-assets: cannot write {}", target.display()))?;
+    // Enabled examples go to /etc/synthd/pipelines; all of them, plus the
+    // reference-only ones, to /usr/share/synthd/pipelines.
+    let enabled = EXAMPLE_PIPELINES.iter().map(|entry| (entry, true));
+    for ((file_name, text), example) in enabled.chain(REFERENCE_PIPELINES.iter().map(|entry| (entry, false))) {
+        let folders = if example {
+            vec![&pipelines, &reference]
+        } else {
+            vec![&reference]
+        };
+        for folder in folders {
+            let target = folder.join(file_name);
+            fs::write(&target, packaged_pipeline_text(text))
+                .with_context(|| format!("package-assets: cannot write {}", target.display()))?;
+        }
     }
     println!(
         "wrote man pages, completions, synthd.toml and pipelines in {}",
