@@ -2,10 +2,12 @@
 //! in the instance's IOD (PS3.15 E.3.1: "X unless Z or D is required to
 //! maintain IOD conformance").
 //!
-//! The types are PS3.3's, as data built by fixtures/deid/build_iod_types.py:
+//! The types are PS3.3's (2026b, from the tables highdicom 0.28.2 ships; see
+//! fixtures/deid/README.md), as data built by fixtures/deid/build_iod_types.py:
 //! `iod_sop_classes.tsv` (SOP Class UID → IOD), `iod_modules.tsv` (IOD → its
-//! modules and functional group macros) and `iod_module_types.tsv` (module →
-//! the type of each Table E.1-1 attribute it defines). Keeping the standard's
+//! modules, functional group macros inside the Multi-frame Functional Groups
+//! module) and `iod_module_types.tsv` (module → the type of each Table E.1-1
+//! attribute it defines). Keeping the standard's
 //! own factoring keeps the data small; the strongest type over an IOD's
 //! modules is taken at look-up.
 
@@ -240,13 +242,13 @@ mod tests {
         assert_eq!(links, trailer_count(MODULES_TSV));
         let types: usize = tables.types_in_module.values().map(HashMap::len).sum();
         assert_eq!(types, trailer_count(MODULE_TYPES_TSV));
-        // PS3.3 2020a: 140 Storage SOP classes of 132 IODs.
-        assert_eq!(tables.iod_of_sop_class.len(), 140);
-        assert_eq!(tables.modules_of_iod.len(), 132);
+        // PS3.3 2026b (highdicom 0.28.2's tables): 179 Storage SOP classes of 170 IODs.
+        assert_eq!(tables.iod_of_sop_class.len(), 179);
+        assert_eq!(tables.modules_of_iod.len(), 170);
         let mut iods: Vec<&str> = tables.iod_of_sop_class.values().copied().collect();
         iods.sort_unstable();
         iods.dedup();
-        assert_eq!(iods.len(), 132, "every IOD a SOP class names has modules");
+        assert_eq!(iods.len(), 170, "every IOD a SOP class names has modules");
         for modules in tables.modules_of_iod.values() {
             for module in modules {
                 assert!(tables.types_in_module.contains_key(module), "{module} has types");
@@ -315,6 +317,34 @@ mod tests {
             Iod::of_sop_class("1.2.840.10008.5.1.4.1.1.2\0").map(|iod| iod.id),
             Some("ct-image"),
             "UI padding"
+        );
+    }
+
+    #[test]
+    fn iods_newer_than_2020a_are_known() {
+        // Electromyogram Waveform Storage (PS3.3 after 2020a): General
+        // Equipment's Institution Name is Type 3, Waveform Identification's
+        // Acquisition DateTime Type 1, Enhanced General Equipment's Device
+        // Serial Number Type 1.
+        let electromyogram = "1.2.840.10008.5.1.4.1.1.9.7.2";
+        assert_eq!(Iod::of_sop_class(electromyogram).unwrap().id, "electromyogram");
+        assert_eq!(type_in(electromyogram, "InstitutionName"), Some(Type3));
+        assert_eq!(type_in(electromyogram, "AcquisitionDateTime"), Some(Type1));
+        assert_eq!(type_in(electromyogram, "DeviceSerialNumber"), Some(Type1));
+        // Label Map Segmentation shares the Segmentation IOD; Photoacoustic Image is its own.
+        assert_eq!(
+            Iod::of_sop_class("1.2.840.10008.5.1.4.1.1.66.7").map(|iod| iod.id),
+            Some("segmentation")
+        );
+        assert_eq!(
+            Iod::of_sop_class("1.2.840.10008.5.1.4.1.1.6.3").map(|iod| iod.id),
+            Some("photoacoustic-image")
+        );
+        // Content Creator's Name: Type 3 in this extraction, 2 in 2020a's
+        // (fixtures/deid/README.md); Z/D makes it zero-length either way.
+        assert_eq!(
+            type_in("1.2.840.10008.5.1.4.1.1.66.4", "ContentCreatorName"),
+            Some(Type3)
         );
     }
 
