@@ -193,3 +193,69 @@ fn optional_attributes_are_removed_and_required_ones_kept() {
         );
     }
 }
+
+/// Writes the Electromyogram instance of fixtures/deid/make_newer_iod.py
+/// (fake identifiers) to `work/<name>.dcm`, under `sop_class` if given.
+fn electromyogram(work: &Path, name: &str, sop_class: Option<&str>) -> PathBuf {
+    let path = work.join(format!("{name}.dcm"));
+    let mut command = Command::new(python());
+    command.arg(repo("fixtures/deid/make_newer_iod.py")).arg(&path);
+    command.args(sop_class);
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    path
+}
+
+fn text_of(object: &dicom_object::DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    object
+        .get(tag)
+        .map(|element| element.to_str().unwrap().trim_end_matches(['\0', ' ']).to_string())
+}
+
+/// Electromyogram Waveform Storage is a SOP class PS3.3 2020a lacks and the
+/// 2026b data knows: its compound actions follow the Electromyogram IOD's
+/// types. The same content under an unknown SOP class gets the conservative
+/// choice (present, with a dummy), which shows the types were consulted.
+#[test]
+fn a_sop_class_newer_than_2020a_is_resolved_by_its_iod_types() {
+    let work = tempfile::tempdir().unwrap();
+    let key = key(work.path(), "site.key");
+    let input = electromyogram(work.path(), "emg", None);
+    let unknown_input = electromyogram(
+        work.path(),
+        "unknown",
+        Some("2.25.271828182845904523536028747135266249"),
+    );
+    let original = open_file(&input).unwrap();
+    let known = open_file(deidentify(&input, work.path(), &key)).unwrap();
+    let unknown = open_file(deidentify(&unknown_input, work.path(), &key)).unwrap();
+
+    // Type 3 in the Electromyogram IOD (General Equipment, General Series):
+    // X/Z/D and X/D remove them.
+    for tag in [
+        tags::INSTITUTION_NAME,
+        tags::STATION_NAME,
+        tags::OPERATORS_NAME,
+        tags::SERIES_DATE,
+        tags::SERIES_TIME,
+        tags::PROTOCOL_NAME,
+    ] {
+        let planted = text_of(&original, tag).expect("planted");
+        assert_eq!(text_of(&known, tag), None, "{tag}: Type 3 removed");
+        let conservative = text_of(&unknown, tag).expect("unknown SOP class: kept");
+        assert!(!conservative.is_empty() && conservative != planted, "{tag}: a dummy");
+    }
+    // Type 1 (Waveform Identification, Enhanced General Equipment): a dummy value.
+    for tag in [
+        tags::ACQUISITION_DATE_TIME,
+        tags::DEVICE_SERIAL_NUMBER,
+        tags::CONTENT_DATE,
+    ] {
+        let planted = text_of(&original, tag).expect("planted");
+        let value = text_of(&known, tag).expect("Type 1 kept");
+        assert!(
+            !value.is_empty() && value != planted,
+            "{tag}: Type 1 gets a dummy, got {value:?}"
+        );
+    }
+}
