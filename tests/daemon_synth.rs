@@ -113,11 +113,13 @@ fn the_daemon_synthesizes_the_demo_study_like_process_does() {
     }
     let from_daemon = dicom_files(&outbox);
     // The de-identified study (T1 and FLAIR slices, SEG), a synthetic slice per
-    // T1 slice (the pipeline takes the T1 series), the mask's SEG, a preview.
+    // slice of both series (the SEG is drawn on T1; FLAIR shares its Frame of
+    // Reference, so the mask is carried to it), and per series the mask's
+    // SEG and a preview.
     let (slices, flair) = (48, 24);
     assert_eq!(
         from_daemon.len(),
-        (slices + flair + 1) + slices + 1 + 1,
+        (slices + flair + 1) + (slices + flair) + 2 + 2,
         "{from_daemon:#?}"
     );
     let manifest = files_under(&outbox)
@@ -126,7 +128,7 @@ fn the_daemon_synthesizes_the_demo_study_like_process_does() {
         .unwrap();
     assert_eq!(
         std::fs::read_to_string(manifest).unwrap().lines().count(),
-        (slices + flair + 1) + slices + 1
+        (slices + flair + 1) + (slices + flair) + 2
     );
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     for planted in ["FAKE", "Fake", "DEMO^"] {

@@ -179,5 +179,41 @@ fn brain_lesion_remove_maps_the_study_seg_by_code() {
             manifest.contains("\"reference\":\"ring\""),
             "judged against the surrounding tissue"
         );
+        // The SEG references the T1 series only; the FLAIR series shares its
+        // Frame of Reference, so the lesion is carried through patient space
+        // and removed there too.
+        let rows: Vec<serde_json::Value> = manifest.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let painted = |sequence: &str| -> u64 {
+            rows.iter()
+                .filter(|r| r["kind"] == "synthetic" && r["sequence"] == sequence)
+                .map(|r| r["mask_voxels"].as_u64().unwrap())
+                .sum()
+        };
+        let (t1, flair) = (painted("T1"), painted("FLAIR"));
+        assert!(t1 > 0 && flair > 0, "T1 {t1}, FLAIR {flair} voxels painted:\n{stdout}");
+        // FLAIR voxels are 1.2 x 1.2 x 4 mm, T1's smaller: the carried lesion
+        // covers fewer voxels, but the same volume within nearest-neighbour error.
+        let t1_geometry = dicom_object::open_file(repo("fixtures/dicom/demo/MR000001.dcm")).unwrap();
+        let flair_geometry = dicom_object::open_file(repo("fixtures/dicom/demo/FL000001.dcm")).unwrap();
+        let voxel_mm3 = |o: &dicom_object::DefaultDicomObject| -> f64 {
+            let spacing: Vec<f64> = o
+                .get(dicom_dictionary_std::tags::PIXEL_SPACING)
+                .unwrap()
+                .to_multi_float64()
+                .unwrap();
+            let gap: f64 = o
+                .get(dicom_dictionary_std::tags::SPACING_BETWEEN_SLICES)
+                .or_else(|| o.get(dicom_dictionary_std::tags::SLICE_THICKNESS))
+                .unwrap()
+                .to_float64()
+                .unwrap();
+            spacing[0] * spacing[1] * gap
+        };
+        let (v1, v2) = (
+            t1 as f64 * voxel_mm3(&t1_geometry),
+            flair as f64 * voxel_mm3(&flair_geometry),
+        );
+        eprintln!("lesion removed: T1 {v1:.0} mm3 ({t1} voxels), FLAIR {v2:.0} mm3 ({flair} voxels)");
+        assert!((v2 / v1 - 1.0).abs() < 0.15, "T1 lesion {v1:.0} mm3, FLAIR {v2:.0} mm3");
     }
 }

@@ -18,7 +18,7 @@ use crate::config::pipeline::{MaskSource, QcAction, Synth};
 use crate::deid::Deidentified;
 use crate::quarantine::{ReasonCode, Rejection};
 use crate::synth::condition::{CondChannel, Sequence, Task};
-use crate::synth::lesion::Lesions;
+use crate::synth::lesion::{self, Lesions, SliceFrame};
 use crate::synth::mask::MaskSlice;
 use crate::synth::{Engine, SeriesRequest, SeriesResult, SliceGeometry, SliceInput};
 use dicom_dictionary_std::tags;
@@ -44,6 +44,8 @@ struct Series<'a> {
     sequence: Option<Sequence>,
     /// The SEG's label maps, for `mask.source = "seg"`.
     seg_mask: Option<(String, Vec<Vec<u8>>)>,
+    /// Frame of Reference UID: series that share it share patient space.
+    frame_of_reference: Option<String>,
 }
 
 /// What every variant of a series shares: mask provenance, segments, QC reference.
@@ -143,13 +145,14 @@ pub fn synthesize_study(
         }
     }
     let plan = plan(engine, synth);
-    let mut series = Vec::new();
+    let mut loaded_series = Vec::new();
     for (uid, slices) in by_series {
         match load(context, engine, synth, uid, slices, &segs) {
-            Ok(loaded) => series.push(loaded),
+            Ok(loaded) => loaded_series.push(loaded),
             Err(outcome) => record(report, uid, outcome),
         }
     }
+    let mut series = carry_seg_masks(synth, loaded_series, report);
     for variant in 0..synth.variants {
         let lesions = generated_lesions(synth, &series, instances, variant);
         let mut failed = Vec::new();
@@ -266,16 +269,13 @@ fn load<'a>(
             } else {
                 SegmentChoice::Codes(&labels)
             };
-            let found = seg_masks::from_segs(segs, &slices, &choice)
+            // None: carried from another series' SEG after all are read (carry_seg_masks).
+            seg_masks::from_segs(segs, &slices, &choice)
                 .map_err(|reason| Outcome::Quarantine(Rejection::new(ReasonCode::SegCodesUnmatched, reason)))?
-                .ok_or_else(|| {
-                    Outcome::Skip(
-                        "the pipeline takes its mask from a SEG, and the study has no SEG of this series".into(),
-                    )
-                })?;
-            Some((found.id, found.maps))
+                .map(|found| (found.id, found.maps))
         }
     };
+    let frame_of_reference = string_of(slices[0].object(), tags::FRAME_OF_REFERENCE_UID).filter(|f| !f.is_empty());
     Ok(Series {
         uid,
         slices,
@@ -284,7 +284,58 @@ fn load<'a>(
         inputs,
         sequence,
         seg_mask,
+        frame_of_reference,
     })
+}
+
+/// `mask.source = "seg"`: a series the study's SEG does not reference takes
+/// the SEG of a series in the same Frame of Reference, carried through
+/// patient space (a lesion segmented on T1 is removed from FLAIR too). A
+/// series with neither is not synthesized, with the reason.
+fn carry_seg_masks<'a>(synth: &Synth, series: Vec<Series<'a>>, report: &mut StudyReport) -> Vec<Series<'a>> {
+    if synth.mask.source != MaskSource::Seg {
+        return series;
+    }
+    let frames = |s: &Series| -> Vec<SliceFrame> { s.inputs.iter().map(|i| (i.rows, i.cols, i.geometry)).collect() };
+    let carried: Vec<Option<(String, Vec<Vec<u8>>)>> = series
+        .iter()
+        .map(|target| {
+            if target.seg_mask.is_some() {
+                return None;
+            }
+            let donor = series.iter().find(|d| {
+                d.seg_mask.is_some()
+                    && d.frame_of_reference.is_some()
+                    && d.frame_of_reference == target.frame_of_reference
+            })?;
+            let (id, maps) = donor.seg_mask.as_ref()?;
+            let labels = lesion::carry_labels(&frames(donor), maps, &frames(target));
+            labels
+                .iter()
+                .any(|m| m.iter().any(|&v| v != 0))
+                .then(|| (format!("{id}:carried"), labels))
+        })
+        .collect();
+    let mut kept = Vec::with_capacity(series.len());
+    for (mut s, carried) in series.into_iter().zip(carried) {
+        if s.seg_mask.is_none() {
+            s.seg_mask = carried;
+        }
+        if s.seg_mask.is_some() {
+            kept.push(s);
+        } else {
+            record(
+                report,
+                s.uid,
+                Outcome::Skip(
+                    "the pipeline takes its mask from a SEG, and the study has no SEG of this series \
+                     or of a series in its Frame of Reference that reaches it"
+                        .into(),
+                ),
+            );
+        }
+    }
+    kept
 }
 
 /// The study's generated lesions for one variant (task = "lesion" with

@@ -245,6 +245,7 @@ fn place(
             [d[0] / n, d[1] / n, d[2] / n]
         })
         .collect();
+    let frames: Vec<SliceFrame> = slices.iter().map(|s| (s.rows, s.cols, s.geometry)).collect();
     let mut best = ([0.0; 3], usize::MAX);
     for _ in 0..PLACEMENT_TRIES {
         let (z, i) = brain_pixels[rng.random_range(0..brain_pixels.len())];
@@ -253,7 +254,7 @@ fn place(
             .iter()
             .filter(|u| {
                 let p = std::array::from_fn(|k| centre[k] + radius * u[k]);
-                locate(slices, p).is_none_or(|(z, i)| brain[z][i] == 0)
+                locate(&frames, p).is_none_or(|(z, i)| brain[z][i] == 0)
             })
             .count();
         if outside < best.1 {
@@ -266,9 +267,31 @@ fn place(
     best.0
 }
 
+/// Label maps of a reference stack carried through patient space onto the
+/// slices of another series (another geometry, slice spacing or in-plane
+/// spacing) of the same Frame of Reference: each target pixel takes the
+/// label of the nearest reference pixel, 0 where it lies outside the
+/// reference stack. So one SEG, drawn on one series, marks the same tissue
+/// on every series of the study.
+pub fn carry_labels(reference: &[SliceFrame], labels: &[Vec<u8>], target: &[SliceFrame]) -> Vec<Vec<u8>> {
+    target
+        .iter()
+        .map(|&(rows, cols, geometry)| {
+            let mut out = vec![0u8; rows * cols];
+            for (index, cell) in out.iter_mut().enumerate() {
+                let point = geometry.position(index / cols, index % cols);
+                if let Some((z, i)) = locate(reference, point) {
+                    *cell = labels[z].get(i).copied().unwrap_or(0);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
 /// The slice and pixel of `slices` nearest `point`, when it lies within the
 /// stack (within half a slice gap of a slice plane and on its pixels).
-fn locate(slices: &[MaskSlice], point: [f64; 3]) -> Option<(usize, usize)> {
+fn locate(slices: &[SliceFrame], point: [f64; 3]) -> Option<(usize, usize)> {
     let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
     let along = |g: &SliceGeometry, p: [f64; 3]| {
         let offset = std::array::from_fn(|k| p[k] - g.origin_mm[k]);
@@ -280,21 +303,21 @@ fn locate(slices: &[MaskSlice], point: [f64; 3]) -> Option<(usize, usize)> {
     };
     let (z, (distance, row, col)) = slices
         .iter()
-        .map(|s| along(&s.geometry, point))
+        .map(|s| along(&s.2, point))
         .enumerate()
         .min_by(|a, b| a.1 .0.abs().total_cmp(&b.1 .0.abs()))?;
     let gap = if slices.len() > 1 {
         let a = &slices[z.saturating_sub(1).min(slices.len() - 2)];
         let b = &slices[z.saturating_sub(1).min(slices.len() - 2) + 1];
-        along(&a.geometry, b.geometry.origin_mm).0.abs()
+        along(&a.2, b.2.origin_mm).0.abs()
     } else {
         1.0
     };
-    let s = &slices[z];
+    let (rows, cols, _) = slices[z];
     let (r, c) = (row.round(), col.round());
     let inside =
-        distance.abs() <= gap / 2.0 + 1e-6 && r >= 0.0 && c >= 0.0 && (r as usize) < s.rows && (c as usize) < s.cols;
-    inside.then(|| (z, r as usize * s.cols + c as usize))
+        distance.abs() <= gap / 2.0 + 1e-6 && r >= 0.0 && c >= 0.0 && (r as usize) < rows && (c as usize) < cols;
+    inside.then(|| (z, r as usize * cols + c as usize))
 }
 
 #[cfg(test)]
@@ -412,5 +435,35 @@ mod tests {
             }
         }
         assert!(shared > 100, "the lesion covers {shared} shared voxels");
+    }
+
+    #[test]
+    fn labels_drawn_on_one_series_carry_to_another_geometry() {
+        // A SEG drawn on series A (1 mm pixels, 2 mm slices) carried to
+        // series B (2 mm pixels, 4 mm slices, 1 mm further along z than A's
+        // first slice), checked against the lesion drawn directly on B.
+        let (values, a) = head(1.0, 2.0, 41);
+        let (_, mut b) = head(2.0, 4.0, 20);
+        for frame in &mut b {
+            frame.2.origin_mm[2] += 1.0;
+        }
+        let lesions = Lesions::generate(&spec(), 5, "study", 0, &views(&values, &a));
+        let carried = carry_labels(&a, &lesions.rasterise(&a), &b);
+        let direct = lesions.rasterise(&b);
+        let (mut agree, mut lesion_voxels) = (0usize, 0usize);
+        for (c, d) in carried.iter().flatten().zip(direct.iter().flatten()) {
+            lesion_voxels += usize::from(*d != 0);
+            agree += usize::from(*d != 0 && c == d);
+        }
+        assert!(lesion_voxels > 50, "{lesion_voxels}");
+        // Nearest-neighbour at 1 mm: only voxels at component borders may differ.
+        assert!(agree * 10 >= lesion_voxels * 8, "{agree} of {lesion_voxels} agree");
+        // Outside the reference stack nothing is carried.
+        let (_, mut far) = head(2.0, 4.0, 3);
+        for frame in &mut far {
+            frame.2.origin_mm[2] += 500.0;
+        }
+        let none = carry_labels(&a, &lesions.rasterise(&a), &far);
+        assert!(none.iter().flatten().all(|&v| v == 0));
     }
 }
