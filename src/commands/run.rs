@@ -4,9 +4,10 @@ use crate::config::Config;
 use crate::daemon::{system, Daemon, DeidEngine, Options};
 use crate::keyfile::SiteKey;
 use crate::metrics;
-use crate::net::{Exporter, Scp};
+use crate::net::Network;
 use anyhow::{Context, Result};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 pub fn run(config_file: &Path, allow_root: bool) -> Result<i32> {
     if system::running_as_root() && !allow_root {
@@ -48,23 +49,21 @@ pub fn run(config_file: &Path, allow_root: bool) -> Result<i32> {
     }
     // Listening starts once the daemon is up (its inbox exists, crash
     // recovery done) and stops after it drained: what arrives meanwhile is
-    // durable in the inbox for the next start. Dropping the SCP aborts idle
-    // associations and lets a half-received instance finish.
-    let scp = match &network.raw.dicom.listen {
-        Some(listen) => Some(Scp::start(listen, &network.paths.inbox).with_context(|| {
-            format!(
-                "run: cannot listen on {}:{} (dicom.listen)",
-                listen.bind.get_ref(),
-                listen.port
-            )
-        })?),
-        None => None,
-    };
-    // Outputs of jobs finished while the exporter was down are queued when it starts.
-    let exporter = Exporter::start(&network).context("run: cannot open the send queue")?;
+    // durable in the inbox for the next start. Dropping it aborts idle
+    // associations and lets a half-received instance finish. A reload
+    // applies `[dicom.listen]` and `[[destinations]]` (net/network.rs).
+    let network = Network::start(&network).context("run")?;
+    let network = Arc::new(Mutex::new(Some(network)));
+    let reloaded = network.clone();
+    daemon.on_reload(Box::new(move |config| {
+        let mut network = reloaded.lock().unwrap_or_else(|e| e.into_inner());
+        match network.as_mut() {
+            Some(network) => network.reconfigure(config).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }));
     let ran = daemon.run();
-    drop(scp);
-    drop(exporter);
+    drop(network.lock().unwrap_or_else(|e| e.into_inner()).take());
     ran.context("run: the coordinator stopped")?;
     Ok(0)
 }

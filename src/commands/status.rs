@@ -105,7 +105,8 @@ pub fn snapshot(config: &Config) -> Result<Value> {
 }
 
 /// Each `[[destinations]]` entry (and any the queue still names): queued,
-/// sent and dead-letter counts, last success and last error (epoch seconds).
+/// sent and dead-letter counts, last success and last error (epoch seconds),
+/// and whether it is configured (a removed one's queued sends are kept).
 fn destinations(config: &Config, ledger: Option<&Ledger>) -> Result<Vec<Value>> {
     let mut summaries = match ledger {
         Some(ledger) => ledger.destination_summaries().context("status")?,
@@ -125,6 +126,7 @@ fn destinations(config: &Config, ledger: Option<&Ledger>) -> Result<Vec<Value>> 
         .into_iter()
         .map(|s| {
             json!({
+                "configured": config.raw.destinations.iter().any(|d| d.name.get_ref() == &s.name),
                 "name": s.name,
                 "queued": s.queued,
                 "sent": s.sent,
@@ -159,6 +161,9 @@ fn print_destinations(status: &Value) {
         );
         if let Some(error) = d["last_error"].as_str() {
             println!("    last error {}: {error}", ago(&d["last_error_at"]));
+        }
+        if d["configured"] == false {
+            println!("    not in [[destinations]]: its queued sends wait until it is configured again");
         }
     }
 }

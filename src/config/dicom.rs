@@ -17,7 +17,7 @@ pub struct DicomSettings {
     pub listen: Option<Listen>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     /// The AE title peers call (PS3.5: 1 to 16 characters, no backslash).
@@ -51,7 +51,7 @@ pub struct Listen {
     pub allow: Vec<AllowedPeer>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedPeer {
     pub ae_title: Spanned<String>,
@@ -103,7 +103,7 @@ impl AllowedPeer {
 
 /// A peer synthd sends outputs to (C-STORE SCU), named by pipelines'
 /// `[output] destinations`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
     /// Lower-case letters, digits and dashes; what pipelines and `synthd status` call it.

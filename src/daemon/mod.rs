@@ -48,6 +48,10 @@ pub enum DaemonError {
 /// Builds the engine for a config; called at start and on every reload.
 pub type EngineBuilder<E> = Box<dyn Fn(&Config, &SiteKey) -> Result<E, String>>;
 
+/// Applies a reloaded config to what runs beside the daemon (the network
+/// side); an error refuses the reload, so the hook must change nothing then.
+pub type ReloadHook = Box<dyn FnMut(&Config) -> Result<(), String>>;
+
 /// Switches for tests and special deployments, read from the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -168,6 +172,7 @@ pub struct Daemon<E: Engine> {
     last_summary: Instant,
     events: Option<std::sync::mpsc::Receiver<notify::Result<notify::Event>>>,
     timers: Timers,
+    on_reload: Option<ReloadHook>,
 }
 
 struct Timers {
@@ -280,6 +285,7 @@ impl<E: Engine> Daemon<E> {
             counters: Counters::default(),
             last_summary: Instant::now(),
             events: None,
+            on_reload: None,
             timers: Timers {
                 rescan: None,
                 resume: Instant::now(),
@@ -311,6 +317,12 @@ impl<E: Engine> Daemon<E> {
         daemon.publish_pipelines();
         daemon.resume()?;
         Ok(daemon)
+    }
+
+    /// Calls `hook` with each reloaded config, after the pipelines built
+    /// and before anything is swapped.
+    pub fn on_reload(&mut self, hook: ReloadHook) {
+        self.on_reload = Some(hook);
     }
 
     /// Runs until SIGTERM or SIGINT, then drains in-flight work within
@@ -619,6 +631,10 @@ impl<E: Engine> Daemon<E> {
             Ok(config) => match (self.build)(&config, &self.key) {
                 Err(error) => tracing::error!(target: "daemon", %error, "reload refused, keeping the running config"),
                 Ok(engine) => {
+                    if let Some(Err(error)) = self.on_reload.as_mut().map(|hook| hook(&config)) {
+                        tracing::error!(target: "daemon", %error, "reload refused, keeping the running config");
+                        return;
+                    }
                     if config.paths != self.config.paths {
                         tracing::warn!(target: "daemon", "[paths] changed; the new paths take effect at the next restart");
                     }

@@ -40,50 +40,155 @@ const MAX_CONTEXTS: usize = 128;
 /// The running exporter; dropping it stops the threads (an association in
 /// use finishes its current instance and is released).
 pub struct Exporter {
+    state: PathBuf,
+    outbox: PathBuf,
+    /// Runs while some destination is configured.
+    finder: Option<Task>,
+    routes: Routes,
+    workers: Vec<(Destination, Task)>,
+    /// Workers of removed destinations finishing their current instance.
+    retired: Vec<(String, JoinHandle<()>)>,
+}
+
+/// Pipeline name → destination names.
+type Routes = HashMap<String, Vec<String>>;
+
+/// A thread and its own stop request.
+struct Task {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    thread: JoinHandle<()>,
+}
+
+impl Task {
+    fn start(name: &str, work: impl FnOnce(&AtomicBool) + std::marker::Send + 'static) -> Task {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = spawn(name, stop.clone(), work);
+        Task { stop, thread }
+    }
+
+    fn stop(self) -> JoinHandle<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+    }
 }
 
 impl Exporter {
-    /// Starts when some destination is configured; None otherwise.
-    pub fn start(config: &Config) -> Result<Option<Exporter>, LedgerError> {
-        if config.raw.destinations.is_empty() {
-            return Ok(None);
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        let finder = Finder {
-            ledger: Ledger::open(&config.paths.state)?,
+    /// Starts the finder and one worker per configured destination (none
+    /// when there is none; [`Exporter::reconfigure`] may add them later).
+    pub fn start(config: &Config) -> Result<Exporter, LedgerError> {
+        let mut exporter = Exporter {
+            state: config.paths.state.clone(),
             outbox: config.paths.outbox.clone(),
-            routes: config
-                .pipelines
-                .iter()
-                .map(|p| {
-                    let names = p
-                        .pipeline
-                        .output
-                        .destinations
-                        .iter()
-                        .map(|d| d.get_ref().clone())
-                        .collect();
-                    (p.name().to_string(), names)
-                })
-                .collect(),
+            finder: None,
+            routes: Routes::new(),
+            workers: Vec::new(),
+            retired: Vec::new(),
         };
-        threads.push(spawn("export-find", stop.clone(), move |stop| finder.run(stop)));
-        for destination in &config.raw.destinations {
-            let worker = Worker::new(destination, Ledger::open(&config.paths.state)?);
-            let name = format!("export-{}", destination.name.get_ref());
-            threads.push(spawn(&name, stop.clone(), move |stop| worker.run(stop)));
-        }
-        Ok(Some(Exporter { stop, threads }))
+        exporter.reconfigure(config)?;
+        Ok(exporter)
     }
+
+    /// Applies `[[destinations]]` and the pipelines' routes (at start and
+    /// on a `SIGHUP` reload): unchanged destinations keep their worker and
+    /// association; a changed one's new worker starts once the old one has
+    /// finished its current instance, so no instance goes out twice; a
+    /// removed one's worker stops and its queued sends stay in the ledger
+    /// (`synthd status` lists them) until it is configured again. New
+    /// routes apply to jobs not yet queued. Ledger connections are opened
+    /// first, so a failure changes nothing.
+    pub fn reconfigure(&mut self, config: &Config) -> Result<(), LedgerError> {
+        let wanted = &config.raw.destinations;
+        let routes = routes(config);
+        let finder_ledger = match wanted.is_empty() || (routes == self.routes && self.finder.is_some()) {
+            true => None,
+            false => Some(Ledger::open(&self.state)?),
+        };
+        let mut starting = Vec::new();
+        for destination in wanted {
+            if !self.workers.iter().any(|(running, _)| running == destination) {
+                starting.push(Worker::new(destination, Ledger::open(&self.state)?));
+            }
+        }
+        self.retired.retain(|(_, thread)| !thread.is_finished());
+        let mut predecessors = HashMap::new();
+        for (destination, task) in std::mem::take(&mut self.workers) {
+            let name = destination.name.get_ref().clone();
+            if wanted.contains(&destination) {
+                self.workers.push((destination, task));
+            } else if wanted.iter().any(|d| d.name.get_ref() == &name) {
+                predecessors.insert(name, task.stop());
+            } else {
+                tracing::warn!(target: "net", destination = %name, "destination removed: its queued sends stay in the ledger until it is configured again (synthd status)");
+                self.retired.push((name, task.stop()));
+            }
+        }
+        for worker in starting {
+            let destination = wanted
+                .iter()
+                .find(|d| d.name.get_ref() == &worker.name)
+                .expect("started for a wanted destination")
+                .clone();
+            // A destination removed and added back waits for its old worker too.
+            let predecessor = predecessors.remove(&worker.name).or_else(|| {
+                let at = self.retired.iter().position(|(name, _)| name == &worker.name)?;
+                Some(self.retired.remove(at).1)
+            });
+            let task = Task::start(&format!("export-{}", worker.name), move |stop| {
+                if let Some(previous) = predecessor {
+                    let _ = previous.join();
+                }
+                worker.run(stop)
+            });
+            self.workers.push((destination, task));
+        }
+        if wanted.is_empty() {
+            if let Some(finder) = self.finder.take() {
+                let _ = finder.stop().join();
+            }
+            self.routes = Routes::new();
+        } else if let Some(ledger) = finder_ledger {
+            if let Some(finder) = self.finder.take() {
+                let _ = finder.stop().join();
+            }
+            let finder = Finder {
+                ledger,
+                outbox: self.outbox.clone(),
+                routes: routes.clone(),
+            };
+            self.finder = Some(Task::start("export-find", move |stop| finder.run(stop)));
+            self.routes = routes;
+        }
+        Ok(())
+    }
+}
+
+fn routes(config: &Config) -> Routes {
+    config
+        .pipelines
+        .iter()
+        .map(|p| {
+            let names = p
+                .pipeline
+                .output
+                .destinations
+                .iter()
+                .map(|d| d.get_ref().clone())
+                .collect();
+            (p.name().to_string(), names)
+        })
+        .collect()
 }
 
 impl Drop for Exporter {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads.drain(..) {
+        let tasks = self
+            .finder
+            .take()
+            .into_iter()
+            .chain(self.workers.drain(..).map(|(_, task)| task));
+        let mut threads: Vec<JoinHandle<()>> = tasks.map(Task::stop).collect();
+        threads.extend(self.retired.drain(..).map(|(_, thread)| thread));
+        for thread in threads {
             let _ = thread.join();
         }
     }
@@ -104,8 +209,7 @@ fn spawn(
 struct Finder {
     ledger: Ledger,
     outbox: PathBuf,
-    /// Pipeline name → destination names.
-    routes: HashMap<String, Vec<String>>,
+    routes: Routes,
 }
 
 impl Finder {

@@ -6,9 +6,11 @@
 pub mod accept;
 pub mod dimse;
 pub mod export;
+pub mod network;
 pub mod scp;
 pub mod scu;
 pub mod store;
 
 pub use export::Exporter;
+pub use network::Network;
 pub use scp::Scp;

@@ -5,6 +5,10 @@
 //! gathered in memory and handed to `store` only once its last fragment is
 //! in, so an A-ABORT, a closed connection or a timeout mid-instance leaves
 //! nothing behind; Success is answered only once the file is durable.
+//!
+//! A reload (`Scp::reconfigure`) swaps the listening socket and the
+//! settings new associations get; those in progress finish under the
+//! settings they were accepted with, on the old socket's threads.
 
 use super::accept::{local_limit_exceeded, AcceptedContext, Acceptor, Decision};
 use super::dimse::{command_field, Assembler, CommandSet, Message, Status, VERIFICATION_SOP_CLASS};
@@ -18,7 +22,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,69 +35,168 @@ const MAX_REFUSERS: usize = 16;
 /// Waits on the socket are cut into slices this long, so a stop request
 /// is seen between messages.
 const STOP_CHECK: Duration = Duration::from_millis(500);
+/// The accept loop looks at its stop and reload requests this often.
+const ACCEPT_CHECK: Duration = Duration::from_millis(100);
 
 /// The running SCP. Dropping it stops accepting, aborts idle associations
 /// and waits for those in the middle of a message.
 pub struct Scp {
-    stop: Arc<AtomicBool>,
-    local: SocketAddr,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    endpoint: Option<Endpoint>,
 }
 
+/// What every listener of this process shares: the inbox, the stop
+/// request, the association count (`max_associations` counts those of a
+/// retired listener too) and the association threads.
 struct Shared {
-    settings: Listen,
     writer: InboxWriter,
-    stop: Arc<AtomicBool>,
+    stop: AtomicBool,
     active: AtomicUsize,
     refusing: AtomicUsize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// One listening socket and its accept thread, which hands the socket back
+/// when told to stop accepting.
+struct Endpoint {
+    settings: Arc<Listen>,
+    local: SocketAddr,
+    accepting: Arc<AtomicBool>,
+    thread: JoinHandle<TcpListener>,
 }
 
 impl Scp {
     /// Binds `dicom.listen` and starts accepting; received instances go to `inbox`.
     pub fn start(settings: &Listen, inbox: &Path) -> io::Result<Scp> {
-        let address = SocketAddr::new(settings.bind_address(), settings.port as u16);
-        let listener = TcpListener::bind(address)?;
-        let local = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let listener = bind(settings)?;
         let writer = InboxWriter::new(inbox);
         writer.sweep_partials();
         let shared = Arc::new(Shared {
-            settings: settings.clone(),
             writer,
-            stop: stop.clone(),
+            stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::new()),
         });
-        tracing::info!(target: "net", address = %local, ae_title = %settings.ae_title.get_ref(), "listening for DICOM associations");
-        let thread = std::thread::Builder::new()
-            .name("scp-listen".into())
-            .spawn(move || accept_loop(listener, shared))?;
+        let endpoint = Endpoint::start(listener, Arc::new(settings.clone()), &shared)?;
         Ok(Scp {
-            stop,
-            local,
-            thread: Some(thread),
+            shared,
+            endpoint: Some(endpoint),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        // None only after a failed thread start during a reload.
+        self.endpoint
+            .as_ref()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |e| e.local)
+    }
+
+    /// Applies changed listen settings (a `SIGHUP` reload). New
+    /// associations get the new settings at once; those in progress keep
+    /// theirs and run until their peer ends them. A changed address is
+    /// bound before the old one is closed; if it cannot be bound, the old
+    /// listener and settings stay and the error is returned.
+    pub fn reconfigure(&mut self, settings: &Listen) -> io::Result<()> {
+        let Some(current) = self.endpoint.take() else {
+            return Err(io::Error::other("the SCP has stopped"));
+        };
+        if *current.settings == *settings {
+            self.endpoint = Some(current);
+            return Ok(());
+        }
+        let same_address =
+            current.settings.bind_address() == settings.bind_address() && current.settings.port == settings.port;
+        let listener = if same_address {
+            match current.retire() {
+                Some(listener) => listener,
+                None => bind(settings)?,
+            }
+        } else {
+            match bind(settings) {
+                Ok(listener) => {
+                    let old = current.local;
+                    drop(current.retire());
+                    tracing::info!(target: "net", address = %old, "stopped listening; associations in progress continue");
+                    listener
+                }
+                // The same port on another address of this host: free it first.
+                Err(error) if error.kind() == io::ErrorKind::AddrInUse && current.settings.port == settings.port => {
+                    let (old_settings, old_local) = (current.settings.clone(), current.local);
+                    drop(current.retire());
+                    match bind(settings) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            let old = TcpListener::bind(old_local)?;
+                            self.endpoint = Some(Endpoint::start(old, old_settings, &self.shared)?);
+                            return Err(error);
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.endpoint = Some(current);
+                    return Err(error);
+                }
+            }
+        };
+        self.endpoint = Some(Endpoint::start(listener, Arc::new(settings.clone()), &self.shared)?);
+        Ok(())
+    }
+}
+
+fn bind(settings: &Listen) -> io::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::new(settings.bind_address(), settings.port as u16))
+}
+
+impl Endpoint {
+    fn start(listener: TcpListener, settings: Arc<Listen>, shared: &Arc<Shared>) -> io::Result<Endpoint> {
+        let local = listener.local_addr()?;
+        let accepting = Arc::new(AtomicBool::new(true));
+        tracing::info!(target: "net", address = %local, ae_title = %settings.ae_title.get_ref(), "listening for DICOM associations");
+        let thread = {
+            let (settings, accepting, shared) = (settings.clone(), accepting.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("scp-listen".into())
+                .spawn(move || accept_loop(listener, &settings, &accepting, &shared))?
+        };
+        Ok(Endpoint {
+            settings,
+            local,
+            accepting,
+            thread,
+        })
+    }
+
+    /// Stops accepting and takes the socket back (connections not yet
+    /// accepted wait in its backlog for the next accept loop).
+    fn retire(self) -> Option<TcpListener> {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.thread.join().ok()
     }
 }
 
 impl Drop for Scp {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(endpoint) = self.endpoint.take() {
+            drop(endpoint.retire());
+        }
+        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
             let _ = thread.join();
         }
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    while !shared.stop.load(Ordering::SeqCst) {
-        if !readable(&listener, STOP_CHECK) {
-            threads.retain(|t| !t.is_finished());
+fn accept_loop(
+    listener: TcpListener,
+    settings: &Arc<Listen>,
+    accepting: &AtomicBool,
+    shared: &Arc<Shared>,
+) -> TcpListener {
+    while accepting.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
+        if !readable(&listener, ACCEPT_CHECK) {
+            shared.reap();
             continue;
         }
         let (stream, peer) = match listener.accept() {
@@ -105,30 +208,27 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let max = shared.settings.max_associations as usize;
-        if shared.active.load(Ordering::SeqCst) >= max {
-            refuse_over_limit(stream, peer, &shared);
+        if shared.active.load(Ordering::SeqCst) >= settings.max_associations as usize {
+            refuse_over_limit(stream, peer, settings, shared);
             continue;
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
-        let association = shared.clone();
+        let (association, settings) = (shared.clone(), settings.clone());
         let spawned = std::thread::Builder::new()
             .name("scp-association".into())
             .spawn(move || {
-                serve(stream, peer, &association);
+                serve(stream, peer, settings, &association);
                 association.active.fetch_sub(1, Ordering::SeqCst);
             });
         match spawned {
-            Ok(thread) => threads.push(thread),
+            Ok(thread) => shared.threads.lock().unwrap_or_else(|e| e.into_inner()).push(thread),
             Err(error) => {
                 shared.active.fetch_sub(1, Ordering::SeqCst);
                 tracing::error!(target: "net", %error, "cannot start an association thread");
             }
         }
     }
-    for thread in threads {
-        let _ = thread.join();
-    }
+    listener
 }
 
 /// Waits up to `timeout` for a connection to accept.
@@ -146,17 +246,18 @@ fn readable(listener: &TcpListener, timeout: Duration) -> bool {
 /// Answers an association beyond the limit with a transient A-ASSOCIATE-RJ
 /// (local-limit-exceeded), on a thread of its own so that a slow peer cannot
 /// stall the listener; the associations in progress are not touched.
-fn refuse_over_limit(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-    tracing::warn!(target: "net", peer = %peer.ip(), limit = shared.settings.max_associations, "association refused: dicom.listen.max_associations reached");
+fn refuse_over_limit(mut stream: TcpStream, peer: SocketAddr, settings: &Listen, shared: &Arc<Shared>) {
+    tracing::warn!(target: "net", peer = %peer.ip(), limit = settings.max_associations, "association refused: dicom.listen.max_associations reached");
     if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSERS {
         shared.refusing.fetch_sub(1, Ordering::SeqCst);
         return;
     }
     let refuser = shared.clone();
+    let max_pdu = settings.max_pdu_bytes();
     let spawned = std::thread::Builder::new().name("scp-refuse".into()).spawn(move || {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         let mut buffer = BytesMut::new();
-        if let Ok(Pdu::AssociationRQ(_)) = read_pdu_from_wire(&mut stream, &mut buffer, refuser.max_pdu(), true) {
+        if let Ok(Pdu::AssociationRQ(_)) = read_pdu_from_wire(&mut stream, &mut buffer, max_pdu, true) {
             let _ = send(&mut stream, &Pdu::AssociationRJ(local_limit_exceeded()));
         }
         refuser.refusing.fetch_sub(1, Ordering::SeqCst);
@@ -167,8 +268,15 @@ fn refuse_over_limit(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Share
 }
 
 impl Shared {
-    fn max_pdu(&self) -> u32 {
-        self.settings.max_pdu_bytes()
+    /// Joins the association threads that have ended.
+    fn reap(&self) {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, running): (Vec<_>, Vec<_>) = threads.drain(..).partition(|t| t.is_finished());
+        *threads = running;
+        drop(threads);
+        for thread in done {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -190,12 +298,11 @@ struct Tally {
     echoes: u64,
 }
 
-fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let settings = &shared.settings;
+fn serve(mut stream: TcpStream, peer: SocketAddr, settings: Arc<Listen>, shared: &Shared) {
     let mut buffer = BytesMut::new();
     let _ = stream.set_write_timeout(Some(settings.read_timeout.as_duration()));
     let _ = stream.set_read_timeout(Some(settings.connect_timeout.as_duration()));
-    let request = match read_pdu_from_wire(&mut stream, &mut buffer, shared.max_pdu(), true) {
+    let request = match read_pdu_from_wire(&mut stream, &mut buffer, settings.max_pdu_bytes(), true) {
         Ok(Pdu::AssociationRQ(request)) => request,
         Ok(_) => {
             abort(&mut stream, AbortRQServiceProviderReason::UnexpectedPdu);
@@ -210,7 +317,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     let acceptor = Acceptor {
         ae_title: settings.ae_title.get_ref(),
         allow: &settings.allow,
-        max_pdu: shared.max_pdu(),
+        max_pdu: settings.max_pdu_bytes(),
     };
     let contexts = match acceptor.negotiate(request, peer.ip()) {
         Decision::Reject { response, reason } => {
@@ -232,6 +339,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         calling,
         peer: peer.ip(),
         contexts,
+        settings,
         shared,
         tally: Tally::default(),
     };
@@ -250,6 +358,8 @@ struct Session<'a> {
     calling: String,
     peer: IpAddr,
     contexts: Vec<AcceptedContext>,
+    /// The settings the association was accepted under, kept for its life.
+    settings: Arc<Listen>,
     shared: &'a Shared,
     tally: Tally,
 }
@@ -302,7 +412,7 @@ impl Session<'_> {
     /// `idle_timeout` between messages; a stop request ends the wait
     /// between messages only.
     fn next_pdu(&mut self, mid_message: bool) -> Result<Pdu, Ending> {
-        let settings = &self.shared.settings;
+        let settings = &self.settings;
         let limit = if mid_message {
             settings.read_timeout
         } else {
@@ -319,7 +429,7 @@ impl Session<'_> {
                 return Err(Ending::Stopping);
             }
             let _ = self.stream.set_read_timeout(Some(left.min(STOP_CHECK)));
-            match read_pdu_from_wire(&mut self.stream, &mut self.buffer, self.shared.max_pdu(), true) {
+            match read_pdu_from_wire(&mut self.stream, &mut self.buffer, self.settings.max_pdu_bytes(), true) {
                 Ok(pdu) => return Ok(pdu),
                 Err(error) if is_timeout(&error) => continue,
                 Err(error) => {
