@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod output;
 pub mod phi;
+pub mod pixel_decode;
 pub mod quarantine;
 pub mod runtime;
 pub mod shard;

@@ -468,22 +468,39 @@ mod clean_pixel_data {
     }
 
     #[test]
-    fn compressed_pixels_that_match_are_refused_with_what_to_do() {
+    fn compressed_pixels_that_match_but_cannot_be_decoded_are_quarantined_naming_the_syntax() {
         use dicom_core::value::{PixelFragmentSequence, Value};
-        let mut compressed = clip("1.2.840.10008.1.2.4.50");
-        compressed.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OB,
-            Value::PixelSequence(PixelFragmentSequence::new(
-                Vec::<u32>::new(),
-                vec![vec![0xFF, 0xD8, 0xFF, 0xD9]],
-            )),
-        ));
-        let rejection = with_signatures(&[]).deidentify_object(compressed).unwrap_err();
+        let compressed = |transfer_syntax: &str| {
+            let mut object = clip(transfer_syntax);
+            object.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                Value::PixelSequence(PixelFragmentSequence::new(
+                    Vec::<u32>::new(),
+                    vec![vec![0xFF, 0xD8, 0xFF, 0xD9]],
+                )),
+            ));
+            object
+        };
+        // A JPEG Baseline stream with no image in it: decoded, and found broken.
+        let broken = with_signatures(&[])
+            .deidentify_object(compressed("1.2.840.10008.1.2.4.50"))
+            .unwrap_err();
+        assert_eq!(broken.code, ReasonCode::InvalidPixelData);
         assert!(
-            rejection.message.contains("compressed") && rejection.message.contains("decompress"),
+            broken.message.contains("1.2.840.10008.1.2.4.50") && broken.message.contains("cannot be decoded"),
             "{}",
-            rejection.message
+            broken.message
+        );
+        // JPEG-LS: this build has no decoder for it.
+        let unsupported = with_signatures(&[])
+            .deidentify_object(compressed("1.2.840.10008.1.2.4.80"))
+            .unwrap_err();
+        assert_eq!(unsupported.code, ReasonCode::UnsupportedTransferSyntax);
+        assert!(
+            unsupported.message.contains("1.2.840.10008.1.2.4.80") && unsupported.message.contains("decompress"),
+            "{}",
+            unsupported.message
         );
     }
 

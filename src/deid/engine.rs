@@ -268,6 +268,9 @@ impl Deidentifier {
 
     pub fn deidentify_object(&self, mut original: DefaultDicomObject) -> Result<Deidentified, Rejection> {
         let plan = self.pixel_plan(&original)?;
+        if let PixelPlan::Clean(signature) = &plan {
+            super::pixels::decode_for_cleaning(&mut original, &signature.name)?;
+        }
         // Pixel Data is in no row of the table and always kept: move it to
         // the output rather than copy it through the walk.
         let pixels = original.take(tags::PIXEL_DATA);

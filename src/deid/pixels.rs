@@ -1,8 +1,15 @@
 //! Blanking the rectangles of a pixel signature in every frame of native
 //! Pixel Data (Clean Pixel Data Option). Samples are set to zero, whatever
 //! their size, byte order, planar configuration or photometric
-//! interpretation. Compressed (encapsulated) Pixel Data is refused: synthd
-//! carries no codecs, and a decode and re-encode would change every pixel.
+//! interpretation. Compressed (encapsulated) Pixel Data is first decoded
+//! ([`decode_for_cleaning`], through `crate::pixel_decode`) and the cleaned
+//! image is written uncompressed in Explicit VR Little Endian: re-encoding
+//! a lossy syntax would lose more of every pixel, and the output says what
+//! happened (Photometric Interpretation of the decoded samples, Lossy Image
+//! Compression still `01` when the source was lossy). An image that cannot
+//! be decoded is quarantined: `unsupported-transfer-syntax` when this build
+//! has no decoder for its syntax, `invalid-pixel-data` when the stream is
+//! broken.
 
 use super::engine::string_of;
 use super::signatures::Rectangle;
@@ -12,7 +19,7 @@ use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::DataElement;
 use dicom_dictionary_std::tags;
 use dicom_object::mem::InMemElement;
-use dicom_object::InMemDicomObject;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
 /// How native Pixel Data is laid out (PS3.5 8.2, PS3.3 C.7.6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,17 +77,35 @@ fn refuse(why: &str) -> Rejection {
     )
 }
 
+/// Decodes `object`'s compressed Pixel Data to Explicit VR Little Endian so
+/// that `signature` can blank it; native Pixel Data is left as it is.
+pub fn decode_for_cleaning(object: &mut DefaultDicomObject, signature: &str) -> Result<(), Rejection> {
+    if !crate::pixel_decode::is_encapsulated(object.meta().transfer_syntax()) {
+        return Ok(());
+    }
+    crate::pixel_decode::decode_to_native(object, crate::pixel_decode::EXPLICIT_VR_LITTLE_ENDIAN).map_err(|error| {
+        let code = if error.is_unsupported() {
+            ReasonCode::UnsupportedTransferSyntax
+        } else {
+            ReasonCode::InvalidPixelData
+        };
+        Rejection::new(
+            code,
+            format!("the image matches pixel signature {signature:?} but cannot be cleaned: {error}"),
+        )
+    })
+}
+
 /// `pixels` with every rectangle zeroed in every frame. Native Pixel Data
 /// only; held as bytes or as 16-bit words (big endian files).
 pub fn blank(pixels: InMemElement, geometry: &Geometry, rectangles: &[Rectangle]) -> Result<InMemElement, Rejection> {
     let (tag, vr) = (pixels.tag(), pixels.vr());
-    let value =
-        match pixels.into_value() {
-            Value::Primitive(value) => value,
-            _ => return Err(refuse(
-                "its Pixel Data is compressed; decompress it first (e.g. gdcmconv --raw or dcmdjpeg), then run again",
-            )),
-        };
+    let value = match pixels.into_value() {
+        Value::Primitive(value) => value,
+        // decode_for_cleaning ran first; a pixel sequence here is a bug
+        // worth a clear refusal rather than a panic.
+        _ => return Err(refuse("its Pixel Data is still encapsulated after decoding")),
+    };
     let cleaned = match value {
         PrimitiveValue::U8(mut data) => {
             zero(&mut data, geometry, rectangles, geometry.bytes_per_sample)?;

@@ -6,8 +6,10 @@
 //! destinations their pipelines name (`[output] destinations`). One worker
 //! per destination sends what is due over an association it keeps open
 //! while there is work, proposing each instance's own transfer syntax plus
-//! Explicit and Implicit VR Little Endian (native data sets are re-encoded
-//! when the peer takes only those). Transient failures (connection refused,
+//! Explicit and Implicit VR Little Endian: when the peer takes only those,
+//! native data sets are re-encoded and compressed ones decoded
+//! (`crate::pixel_decode`; one that cannot be decoded is a dead letter whose
+//! reason names its transfer syntax). Transient failures (connection refused,
 //! timeouts, transient rejections, Out of Resources) are retried with
 //! exponential backoff and jitter; permanent ones (rejected AE, no
 //! presentation context, any other failure status) become dead letters at
@@ -327,25 +329,51 @@ impl Outgoing {
     }
 }
 
-/// The data set re-encoded in `to` (native syntaxes only: synthd does not
-/// decompress pixel data for a peer).
-fn transcode(data_set: &[u8], from: &str, to: &str) -> Result<Vec<u8>, String> {
+/// The data set re-encoded in `to`, a native little-endian syntax: native
+/// data sets are re-encoded as they are; compressed Pixel Data is decoded
+/// first (`pixel_decode`, which also updates the Image Pixel attributes and
+/// keeps a lossy source declared lossy). The SOP Instance UID stays: the
+/// image is the same, only its encoding changed.
+fn transcode(outgoing: &Outgoing, to: &str) -> Result<Vec<u8>, String> {
+    let from = outgoing.transfer_syntax.as_str();
     let registry = TransferSyntaxRegistry;
     let (Some(from_ts), Some(to_ts)) = (registry.get(from), registry.get(to)) else {
-        return Err(format!("transfer syntax {from} is unknown"));
-    };
-    if from_ts.is_encapsulated_pixel_data() {
         return Err(format!(
-            "the peer accepts this SOP class only uncompressed and the instance is in {from}"
+            "the peer accepts SOP class {} only in little endian and transfer syntax {from} is unknown to synthd",
+            outgoing.sop_class_uid
         ));
-    }
-    let object =
-        InMemDicomObject::read_dataset_with_ts(data_set, from_ts).map_err(|e| format!("cannot re-encode: {e}"))?;
-    let mut out = Vec::with_capacity(data_set.len() + 1024);
+    };
+    let object = InMemDicomObject::read_dataset_with_ts(outgoing.data_set.as_slice(), from_ts)
+        .map_err(|e| format!("cannot re-encode: {e}"))?;
+    let object = if from_ts.is_encapsulated_pixel_data() {
+        decoded(object, outgoing, to)?
+    } else {
+        object
+    };
+    let mut out = Vec::with_capacity(outgoing.data_set.len() + 1024);
     object
         .write_dataset_with_ts(&mut out, to_ts)
         .map_err(|e| format!("cannot re-encode: {e}"))?;
     Ok(out)
+}
+
+/// `object` with its Pixel Data decoded for a peer that takes only `to`.
+fn decoded(object: InMemDicomObject, outgoing: &Outgoing, to: &str) -> Result<InMemDicomObject, String> {
+    let meta = dicom_object::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(outgoing.sop_class_uid.as_str())
+        .media_storage_sop_instance_uid(outgoing.sop_instance_uid.as_str())
+        .transfer_syntax(outgoing.transfer_syntax.as_str())
+        .build()
+        .map_err(|e| format!("cannot re-encode: {e}"))?;
+    let mut file = object.with_exact_meta(meta);
+    crate::pixel_decode::decode_to_native(&mut file, to).map_err(|error| {
+        format!(
+            "the peer accepted SOP class {} only in little endian, and {error}; \
+             or configure the peer to accept {} (dcmtk storescp: +xa)",
+            outgoing.sop_class_uid, outgoing.transfer_syntax
+        )
+    })?;
+    Ok(file.into_inner())
 }
 
 /// What became of one attempt to send.
@@ -469,7 +497,7 @@ impl Worker {
         );
         let (id, data) = match (own, native) {
             (Some((id, _)), _) => (id, std::borrow::Cow::Borrowed(&outgoing.data_set)),
-            (None, Some((id, ts))) => match transcode(&outgoing.data_set, &outgoing.transfer_syntax, &ts) {
+            (None, Some((id, ts))) => match transcode(outgoing, &ts) {
                 Ok(data) => (id, std::borrow::Cow::Owned(data)),
                 Err(reason) => return Attempt::Permanent(reason),
             },
@@ -592,11 +620,35 @@ mod tests {
         }
     }
 
+    fn outgoing(transfer_syntax: &str, data_set: Vec<u8>) -> Outgoing {
+        Outgoing {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
+            sop_instance_uid: "2.25.1".into(),
+            transfer_syntax: transfer_syntax.into(),
+            data_set,
+        }
+    }
+
     #[test]
-    fn native_data_sets_are_re_encoded_and_compressed_ones_refused() {
+    fn native_data_sets_are_re_encoded_and_undecodable_ones_refused_naming_the_syntax() {
         let explicit = [0x08u8, 0x00, 0x60, 0x00, b'C', b'S', 2, 0, b'M', b'R'];
-        let implicit = transcode(&explicit, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN).unwrap();
+        let implicit = transcode(
+            &outgoing(EXPLICIT_VR_LITTLE_ENDIAN, explicit.to_vec()),
+            IMPLICIT_VR_LITTLE_ENDIAN,
+        )
+        .unwrap();
         assert_eq!(implicit, [0x08, 0x00, 0x60, 0x00, 2, 0, 0, 0, b'M', b'R']);
-        assert!(transcode(&explicit, "1.2.840.10008.1.2.4.90", EXPLICIT_VR_LITTLE_ENDIAN).is_err());
+        // JPEG-LS: no decoder in this build. The reason names it and says what to do.
+        let jpeg_ls = "1.2.840.10008.1.2.4.80";
+        let mut data_set = explicit.to_vec();
+        data_set.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        data_set.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        data_set.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 2, 0, 0, 0, 0xFF, 0xD8]);
+        data_set.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let reason = transcode(&outgoing(jpeg_ls, data_set), EXPLICIT_VR_LITTLE_ENDIAN).unwrap_err();
+        assert!(
+            reason.contains(jpeg_ls) && reason.contains("no decoder") && reason.contains("+xa"),
+            "{reason}"
+        );
     }
 }
