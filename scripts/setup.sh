@@ -35,7 +35,9 @@ fi
 if [ ! -x .venv/bin/python ] || ! cmp -s scripts/requirements-test.txt .venv/.requirements; then
   echo "setup: creating .venv with scripts/requirements-test.txt"
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+  # `python -m pip`, not .venv/bin/pip: a venv copied from another checkout
+  # keeps pip scripts whose #! names the other venv, so they install there.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
   cp scripts/requirements-test.txt .venv/.requirements
 fi
 
