@@ -37,10 +37,19 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, Rejection> {
             "no DICM prefix at byte 128; expected a DICOM Part 10 file (PS3.10 section 7.1)",
         ));
     }
+    let mut header = read_header_from(bytes)?;
+    header.content_digest = hex(&Sha256::digest(bytes));
+    Ok(header)
+}
+
+/// The header of a Part 10 file from `reader`, which is read up to Pixel
+/// Data only; `content_digest` is left empty (the SCP checks an instance
+/// as it lands, intake digests it later).
+pub fn read_header_from(reader: impl std::io::Read) -> Result<Header, Rejection> {
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Always)
         .read_until(tags::PIXEL_DATA)
-        .from_reader(bytes)
+        .from_reader(reader)
         .map_err(|error| classify_read_error(&error))?;
     let text = |tag| {
         object
@@ -84,7 +93,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, Rejection> {
         sop_class_uid: sop_class,
         modality: text(tags::MODALITY).unwrap_or_default(),
         series_description: Phi::new(text(tags::SERIES_DESCRIPTION).unwrap_or_default()),
-        content_digest: hex(&Sha256::digest(bytes)),
+        content_digest: String::new(),
         dataset: object.into_inner(),
     };
     Ok(header)

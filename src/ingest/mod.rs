@@ -8,6 +8,6 @@ pub mod scan;
 pub mod select;
 pub mod settle;
 
-pub use header::{read_header, Header};
+pub use header::{read_header, read_header_from, Header};
 pub use scan::{classify, scan_inbox, Candidate, Entry};
 pub use settle::Settler;

@@ -291,12 +291,88 @@ pub struct Message {
     pub data_set: Option<Vec<u8>>,
 }
 
-/// Gathers P-DATA values into messages (PS3.8 E.2: a command's fragments,
+/// One piece of a message as it arrives (PS3.8 E.2: a command's fragments,
 /// then its data set's, on one presentation context).
-#[derive(Debug)]
-pub struct Assembler {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The whole command; when it has a data set, its fragments follow.
+    Command {
+        presentation_context_id: u8,
+        command: CommandSet,
+    },
+    /// One fragment of the data set; `last` ends the message.
+    Data {
+        presentation_context_id: u8,
+        data: Vec<u8>,
+        last: bool,
+    },
+}
+
+/// Splits P-DATA values into [`Part`]s, so a data set can go to disk as it
+/// arrives instead of being held whole.
+#[derive(Debug, Default)]
+pub struct MessageStream {
     context: Option<u8>,
     command_bytes: Vec<u8>,
+    /// A command with a data set was whole; its fragments are arriving.
+    in_data_set: bool,
+}
+
+impl MessageStream {
+    /// Whether part of a message has arrived and the rest is awaited.
+    pub fn in_progress(&self) -> bool {
+        self.context.is_some()
+    }
+
+    /// Takes one P-DATA value; returns the part it completes, if any.
+    pub fn push(&mut self, value: PDataValue) -> Result<Option<Part>, DimseError> {
+        let id = *self.context.get_or_insert(value.presentation_context_id);
+        if value.presentation_context_id != id {
+            return Err(DimseError::ContextChanged {
+                expected: id,
+                got: value.presentation_context_id,
+            });
+        }
+        match value.value_type {
+            PDataValueType::Command if self.in_data_set => Err(DimseError::MalformedCommand(
+                "a command fragment arrived inside a data set",
+            )),
+            PDataValueType::Command => {
+                self.command_bytes.extend_from_slice(&value.data);
+                if !value.is_last {
+                    return Ok(None);
+                }
+                let command = CommandSet::decode(&std::mem::take(&mut self.command_bytes))?;
+                self.in_data_set = command.has_data_set();
+                if !self.in_data_set {
+                    self.context = None;
+                }
+                Ok(Some(Part::Command {
+                    presentation_context_id: id,
+                    command,
+                }))
+            }
+            PDataValueType::Data if !self.in_data_set => Err(DimseError::DataBeforeCommand),
+            PDataValueType::Data => {
+                if value.is_last {
+                    self.in_data_set = false;
+                    self.context = None;
+                }
+                Ok(Some(Part::Data {
+                    presentation_context_id: id,
+                    data: value.data,
+                    last: value.is_last,
+                }))
+            }
+        }
+    }
+}
+
+/// Gathers P-DATA values into whole messages, data sets in memory (for
+/// responses, which carry none here).
+#[derive(Debug)]
+pub struct Assembler {
+    stream: MessageStream,
     command: Option<CommandSet>,
     data: Vec<u8>,
     max_data_set: usize,
@@ -305,8 +381,7 @@ pub struct Assembler {
 impl Assembler {
     pub fn new(max_data_set: usize) -> Self {
         Assembler {
-            context: None,
-            command_bytes: Vec::new(),
+            stream: MessageStream::default(),
             command: None,
             data: Vec::new(),
             max_data_set,
@@ -315,61 +390,52 @@ impl Assembler {
 
     /// Whether part of a message has arrived and the rest is awaited.
     pub fn in_progress(&self) -> bool {
-        self.context.is_some()
+        self.stream.in_progress()
     }
 
     /// Takes one P-DATA value; returns the message it completes, if any.
     pub fn push(&mut self, value: PDataValue) -> Result<Option<Message>, DimseError> {
-        let expected = *self.context.get_or_insert(value.presentation_context_id);
-        if value.presentation_context_id != expected {
-            return Err(DimseError::ContextChanged {
-                expected,
-                got: value.presentation_context_id,
-            });
-        }
-        match value.value_type {
-            PDataValueType::Command => {
-                self.command_bytes.extend_from_slice(&value.data);
-                if !value.is_last {
-                    return Ok(None);
-                }
-                let command = CommandSet::decode(&std::mem::take(&mut self.command_bytes))?;
+        match self.stream.push(value)? {
+            None => Ok(None),
+            Some(Part::Command {
+                presentation_context_id,
+                command,
+            }) => {
                 if command.has_data_set() {
                     self.command = Some(command);
                     return Ok(None);
                 }
-                Ok(Some(self.finish(command, None)))
+                Ok(Some(Message {
+                    presentation_context_id,
+                    command,
+                    data_set: None,
+                }))
             }
-            PDataValueType::Data => {
-                let Some(command) = self.command.take() else {
-                    return Err(DimseError::DataBeforeCommand);
-                };
-                if self.data.len() + value.data.len() > self.max_data_set {
+            Some(Part::Data {
+                presentation_context_id,
+                data,
+                last,
+            }) => {
+                if self.data.len() + data.len() > self.max_data_set {
                     return Err(DimseError::TooLarge {
                         limit: self.max_data_set,
                     });
                 }
                 if self.data.is_empty() {
-                    self.data = value.data;
+                    self.data = data;
                 } else {
-                    self.data.extend_from_slice(&value.data);
+                    self.data.extend_from_slice(&data);
                 }
-                if !value.is_last {
-                    self.command = Some(command);
+                if !last {
                     return Ok(None);
                 }
-                let data = std::mem::take(&mut self.data);
-                Ok(Some(self.finish(command, Some(data))))
+                let command = self.command.take().ok_or(DimseError::DataBeforeCommand)?;
+                Ok(Some(Message {
+                    presentation_context_id,
+                    command,
+                    data_set: Some(std::mem::take(&mut self.data)),
+                }))
             }
-        }
-    }
-
-    fn finish(&mut self, command: CommandSet, data_set: Option<Vec<u8>>) -> Message {
-        let presentation_context_id = self.context.take().unwrap_or_default();
-        Message {
-            presentation_context_id,
-            command,
-            data_set,
         }
     }
 }
@@ -457,6 +523,51 @@ mod tests {
         let mut small = Assembler::new(3);
         small.push(value(PDataValueType::Command, true, &command)).unwrap();
         assert!(small.push(value(PDataValueType::Data, true, b"abcd")).is_err());
+    }
+
+    #[test]
+    fn the_stream_hands_out_each_data_fragment_as_it_arrives() {
+        let request = CommandSet::c_store_rq(1, "1.2", "1.3");
+        let value = |kind, last, data: &[u8]| PDataValue {
+            presentation_context_id: 1,
+            value_type: kind,
+            is_last: last,
+            data: data.to_vec(),
+        };
+        let mut stream = MessageStream::default();
+        assert_eq!(
+            stream
+                .push(value(PDataValueType::Command, true, &request.encode()))
+                .unwrap(),
+            Some(Part::Command {
+                presentation_context_id: 1,
+                command: request.clone()
+            })
+        );
+        assert!(stream.in_progress(), "the data set is awaited");
+        let first = stream.push(value(PDataValueType::Data, false, b"ab")).unwrap();
+        assert_eq!(
+            first,
+            Some(Part::Data {
+                presentation_context_id: 1,
+                data: b"ab".to_vec(),
+                last: false
+            })
+        );
+        // A command may not start inside a data set.
+        let mut inside = MessageStream::default();
+        inside
+            .push(value(PDataValueType::Command, true, &request.encode()))
+            .unwrap();
+        let echo = CommandSet::c_echo_rq(2).encode();
+        assert!(inside.push(value(PDataValueType::Command, true, &echo)).is_err());
+        let last = stream.push(value(PDataValueType::Data, true, b"cd")).unwrap();
+        assert!(matches!(last, Some(Part::Data { last: true, .. })));
+        assert!(!stream.in_progress());
+        assert_eq!(
+            stream.push(value(PDataValueType::Data, true, b"ef")),
+            Err(DimseError::DataBeforeCommand)
+        );
     }
 
     #[test]

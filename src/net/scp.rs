@@ -1,18 +1,19 @@
 //! The C-STORE SCP: a listener thread and one thread per association.
 //!
 //! An association is negotiated by `accept`, then serves C-ECHO and C-STORE
-//! until the peer releases or aborts it, or a timeout passes. A data set is
-//! gathered in memory and handed to `store` only once its last fragment is
-//! in, so an A-ABORT, a closed connection or a timeout mid-instance leaves
-//! nothing behind; Success is answered only once the file is durable.
+//! until the peer releases or aborts it, or a timeout passes. A data set
+//! goes to its temporary file in the inbox fragment by fragment as PDUs
+//! arrive (`store::Incoming`), so memory does not grow with the instance;
+//! an A-ABORT, a closed connection or a timeout mid-instance removes that
+//! file, and Success is answered only once the file is durable.
 //!
 //! A reload (`Scp::reconfigure`) swaps the listening socket and the
 //! settings new associations get; those in progress finish under the
 //! settings they were accepted with, on the old socket's threads.
 
 use super::accept::{local_limit_exceeded, AcceptedContext, Acceptor, Decision};
-use super::dimse::{command_field, Assembler, CommandSet, Message, Status, VERIFICATION_SOP_CLASS};
-use super::store::{InboxWriter, Received, Refusal};
+use super::dimse::{command_field, CommandSet, MessageStream, Part, Status, VERIFICATION_SOP_CLASS};
+use super::store::{Announced, InboxWriter, Incoming, Refusal};
 use crate::config::dicom::Listen;
 use bytes::BytesMut;
 use dicom_ul::association::read_pdu_from_wire;
@@ -26,9 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A data set larger than this is refused (the association is aborted):
-/// it is held in memory until complete.
-const MAX_DATA_SET: usize = 1 << 30;
 /// Refusals beyond the association limit are answered by at most this many
 /// threads at once; further connections are closed unanswered.
 const MAX_REFUSERS: usize = 16;
@@ -364,11 +362,21 @@ struct Session<'a> {
     tally: Tally,
 }
 
+/// A C-STORE whose data set is arriving: its file, or the refusal already
+/// decided (the fragments are read and dropped, then it is answered).
+/// Dropped unanswered, the file is removed.
+struct Pending {
+    context_id: u8,
+    command: CommandSet,
+    sink: Result<Incoming, Refusal>,
+}
+
 impl Session<'_> {
     fn run(&mut self) -> Ending {
-        let mut assembler = Assembler::new(MAX_DATA_SET);
+        let mut stream = MessageStream::default();
+        let mut pending: Option<Pending> = None;
         loop {
-            let pdu = match self.next_pdu(assembler.in_progress()) {
+            let pdu = match self.next_pdu(stream.in_progress()) {
                 Ok(pdu) => pdu,
                 Err(ending) => {
                     if matches!(ending, Ending::TimedOut | Ending::Stopping) {
@@ -380,18 +388,17 @@ impl Session<'_> {
             match pdu {
                 Pdu::PData { data } => {
                     for value in data {
-                        match assembler.push(value) {
-                            Ok(Some(message)) => {
-                                if let Err(ending) = self.answer(message) {
-                                    return ending;
-                                }
-                            }
-                            Ok(None) => {}
+                        let part = match stream.push(value) {
+                            Ok(Some(part)) => part,
+                            Ok(None) => continue,
                             Err(error) => {
                                 tracing::warn!(target: "net", calling_ae = %self.calling, %error, "aborting the association");
                                 abort(&mut self.stream, AbortRQServiceProviderReason::InvalidPduParameter);
                                 return Ending::ProtocolError;
                             }
+                        };
+                        if let Err(ending) = self.take(part, &mut pending) {
+                            return ending;
                         }
                     }
                 }
@@ -440,71 +447,108 @@ impl Session<'_> {
         }
     }
 
-    /// Handles one whole message and sends its response.
-    fn answer(&mut self, message: Message) -> Result<(), Ending> {
-        let Some(context) = self
-            .contexts
-            .iter()
-            .find(|c| c.id == message.presentation_context_id)
-            .cloned()
-        else {
-            abort(&mut self.stream, AbortRQServiceProviderReason::InvalidPduParameter);
-            return Err(Ending::ProtocolError);
-        };
-        let command = &message.command;
-        let response = match command.command_field {
-            command_field::C_ECHO_RQ => {
-                self.tally.echoes += 1;
-                command.response(Status::SUCCESS, None)
+    /// Acts on one part of a message; answers once the message is whole.
+    fn take(&mut self, part: Part, pending: &mut Option<Pending>) -> Result<(), Ending> {
+        match part {
+            Part::Command {
+                presentation_context_id: id,
+                command,
+            } => {
+                let Some(context) = self.contexts.iter().find(|c| c.id == id).cloned() else {
+                    abort(&mut self.stream, AbortRQServiceProviderReason::InvalidPduParameter);
+                    return Err(Ending::ProtocolError);
+                };
+                if command.has_data_set() {
+                    let sink = self.begin(&context, &command);
+                    *pending = Some(Pending {
+                        context_id: id,
+                        command,
+                        sink,
+                    });
+                    return Ok(());
+                }
+                let outcome = match command.command_field {
+                    command_field::C_ECHO_RQ => Ok(()),
+                    command_field::C_STORE_RQ => Err(Refusal {
+                        status: Status::ERROR_CANNOT_UNDERSTAND,
+                        comment: "the C-STORE-RQ carries no data set".into(),
+                    }),
+                    _ => Err(unsupported()),
+                };
+                self.respond(id, &command, outcome)
             }
-            command_field::C_STORE_RQ => {
-                let outcome = self.store(&context, command, message.data_set.as_deref());
-                match outcome {
-                    Ok(()) => {
-                        self.tally.stored += 1;
-                        command.response(Status::SUCCESS, None)
+            Part::Data { data, last, .. } => {
+                let Some(message) = pending.as_mut() else {
+                    abort(&mut self.stream, AbortRQServiceProviderReason::UnexpectedPdu);
+                    return Err(Ending::ProtocolError);
+                };
+                if let Ok(incoming) = &mut message.sink {
+                    incoming.append(&data);
+                }
+                match (last, pending.take()) {
+                    (true, Some(message)) => {
+                        let outcome = message.sink.and_then(|incoming| incoming.finish().map(drop));
+                        self.respond(message.context_id, &message.command, outcome)
                     }
-                    Err(refusal) => {
-                        self.tally.refused += 1;
-                        tracing::warn!(target: "net", calling_ae = %self.calling, status = %refusal.status, reason = %refusal.comment, "C-STORE refused");
-                        command.response(refusal.status, Some(&refusal.comment))
+                    (_, taken) => {
+                        *pending = taken;
+                        Ok(())
                     }
                 }
             }
-            other => {
-                tracing::warn!(target: "net", calling_ae = %self.calling, command_field = other, "unsupported DIMSE command");
-                command.response(Status(0x0211), Some("synthd serves C-ECHO and C-STORE only"))
-            }
-        };
-        send(&mut self.stream, &super::dimse::command_pdu(context.id, &response)).map_err(|_| Ending::Closed)
+        }
     }
 
-    fn store(&self, context: &AcceptedContext, command: &CommandSet, data_set: Option<&[u8]>) -> Result<(), Refusal> {
-        let refused = |status, comment: &str| Refusal {
-            status,
-            comment: comment.to_string(),
-        };
+    /// Where a request's data set goes: a C-STORE on its own SOP class's
+    /// context gets a file in the inbox; anything else a refusal.
+    fn begin(&self, context: &AcceptedContext, command: &CommandSet) -> Result<Incoming, Refusal> {
+        if command.command_field != command_field::C_STORE_RQ {
+            return Err(unsupported());
+        }
         let sop_class = command.affected_sop_class_uid.as_deref().unwrap_or_default();
         if context.abstract_syntax == VERIFICATION_SOP_CLASS || sop_class != context.abstract_syntax {
-            return Err(refused(
-                Status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
-                "the SOP class is not the presentation context's",
-            ));
+            return Err(Refusal {
+                status: Status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
+                comment: "the SOP class is not the presentation context's".into(),
+            });
         }
-        let Some(data_set) = data_set else {
-            return Err(refused(
-                Status::ERROR_CANNOT_UNDERSTAND,
-                "the C-STORE-RQ carries no data set",
-            ));
-        };
-        let received = Received {
+        self.shared.writer.begin(&Announced {
             calling_ae_title: &self.calling,
             sop_class_uid: sop_class,
             sop_instance_uid: command.affected_sop_instance_uid.as_deref().unwrap_or_default(),
             transfer_syntax: &context.transfer_syntax,
-            data_set,
+        })
+    }
+
+    /// Sends the response to `command`: Success, or the refusal.
+    fn respond(&mut self, context_id: u8, command: &CommandSet, outcome: Result<(), Refusal>) -> Result<(), Ending> {
+        let is_store = command.command_field == command_field::C_STORE_RQ;
+        let response = match outcome {
+            Ok(()) => {
+                match is_store {
+                    true => self.tally.stored += 1,
+                    false => self.tally.echoes += 1,
+                }
+                command.response(Status::SUCCESS, None)
+            }
+            Err(refusal) => {
+                if is_store {
+                    self.tally.refused += 1;
+                    tracing::warn!(target: "net", calling_ae = %self.calling, status = %refusal.status, reason = %refusal.comment, "C-STORE refused");
+                } else {
+                    tracing::warn!(target: "net", calling_ae = %self.calling, command_field = command.command_field, "unsupported DIMSE command");
+                }
+                command.response(refusal.status, Some(&refusal.comment))
+            }
         };
-        self.shared.writer.store(&received).map(drop)
+        send(&mut self.stream, &super::dimse::command_pdu(context_id, &response)).map_err(|_| Ending::Closed)
+    }
+}
+
+fn unsupported() -> Refusal {
+    Refusal {
+        status: Status(0x0211),
+        comment: "synthd serves C-ECHO and C-STORE only".into(),
     }
 }
 
