@@ -6,6 +6,7 @@ use super::{get, lock, page, Metrics, StateLabel};
 use crate::ledger::{InstanceState, Job, JobState, Ledger, LEDGER_FILE};
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,12 +15,24 @@ use std::time::{Duration, Instant};
 const STALLED_AFTER: Duration = Duration::from_secs(30);
 /// Ledger figures are read at most this often, however many clients ask.
 const LEDGER_REFRESH: Duration = Duration::from_secs(1);
+/// The reader stops once nobody has asked for this long, so a daemon that
+/// nobody scrapes reads nothing (Prometheus scrapes every 15 s or so).
+const IDLE_AFTER: Duration = Duration::from_secs(60);
+/// Figures older than this were read before an idle spell: a request waits
+/// (at most `FIRST_READ_WAIT`) for the read its arrival started.
+const STALE_AFTER: Duration = Duration::from_secs(3);
+const FIRST_READ_WAIT: Duration = Duration::from_secs(2);
 
 /// Serves the metrics, health and status page on `listener` from a thread
-/// of its own.
+/// of its own; another thread reads the ledger for it.
 pub fn serve(listener: TcpListener, limits: Limits) -> std::io::Result<JoinHandle<()>> {
+    let views = Arc::new(Views::default());
+    let reader = views.clone();
+    std::thread::Builder::new()
+        .name("metrics-ledger".to_string())
+        .spawn(move || reader.read_forever())?;
     std::thread::Builder::new().name("metrics".to_string()).spawn(move || {
-        let mut site = Site::default();
+        let mut site = Site { views };
         http::serve_forever(listener, limits, move |request| site.route(request));
     })
 }
@@ -37,10 +50,90 @@ pub(super) struct LedgerView {
     pub problem: Option<String>,
 }
 
+/// The latest ledger figures, kept by the `metrics-ledger` thread so that
+/// no request waits on SQLite: counting a large ledger's rows by state
+/// takes milliseconds, and a scrape only encodes what is in memory.
 #[derive(Default)]
+struct Views {
+    state: Mutex<ViewState>,
+    /// Notified when a request arrives after an idle spell, and after each read.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ViewState {
+    /// When it was read, and what it says.
+    latest: Option<(Instant, Arc<LedgerView>)>,
+    /// When a request last wanted figures.
+    asked: Option<Instant>,
+}
+
+impl ViewState {
+    fn reader_active(&self) -> bool {
+        self.asked.is_some_and(|at| at.elapsed() < IDLE_AFTER)
+    }
+
+    fn fresh(&self) -> Option<Arc<LedgerView>> {
+        self.latest
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < STALE_AFTER)
+            .map(|(_, view)| view.clone())
+    }
+}
+
+impl Views {
+    /// The figures for a request: the latest read, at most `LEDGER_REFRESH`
+    /// (plus one read) old while clients keep asking.
+    fn current(&self) -> Arc<LedgerView> {
+        let mut state = lock(&self.state);
+        if !state.reader_active() {
+            self.changed.notify_all();
+        }
+        state.asked = Some(Instant::now());
+        let deadline = Instant::now() + FIRST_READ_WAIT;
+        loop {
+            if let Some(view) = state.fresh() {
+                return view;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Arc::new(LedgerView {
+                    problem: Some("the ledger is slow to read; try again".to_string()),
+                    ..LedgerView::default()
+                });
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .map_or_else(|poisoned| poisoned.into_inner().0, |(state, _)| state);
+        }
+    }
+
+    fn read_forever(&self) {
+        let mut ledger = None;
+        loop {
+            {
+                let mut state = lock(&self.state);
+                while !state.reader_active() {
+                    state = self
+                        .changed
+                        .wait_timeout(state, IDLE_AFTER)
+                        .map_or_else(|poisoned| poisoned.into_inner().0, |(state, _)| state);
+                }
+            }
+            let view = read_ledger(&mut ledger).unwrap_or_else(|problem| LedgerView {
+                problem: Some(problem),
+                ..LedgerView::default()
+            });
+            lock(&self.state).latest = Some((Instant::now(), Arc::new(view)));
+            self.changed.notify_all();
+            std::thread::sleep(LEDGER_REFRESH);
+        }
+    }
+}
+
 struct Site {
-    ledger: Option<Ledger>,
-    view: Option<(Instant, LedgerView)>,
+    views: Arc<Views>,
 }
 
 impl Site {
@@ -53,7 +146,7 @@ impl Site {
             "/healthz" => healthz(get()),
             "/readyz" => readyz(get()),
             "/" => {
-                let view = self.ledger_view();
+                let view = self.views.current();
                 Response::new(200, "text/html; charset=utf-8", page::render(get(), &view)).with_header(
                     "Content-Security-Policy",
                     "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
@@ -64,7 +157,7 @@ impl Site {
     }
 
     fn metrics(&mut self) -> Response {
-        let view = self.ledger_view();
+        let view = self.views.current();
         let metrics = get();
         for (state, n) in &view.jobs {
             metrics
@@ -88,50 +181,37 @@ impl Site {
             Err(_) => Response::text(500, "cannot encode the metrics\n"),
         }
     }
+}
 
-    /// The ledger figures, at most `LEDGER_REFRESH` old.
-    fn ledger_view(&mut self) -> LedgerView {
-        if let Some((at, view)) = &self.view {
-            if at.elapsed() < LEDGER_REFRESH {
-                return view.clone();
-            }
+/// Reads the figures through `ledger`, opened here on first use (the
+/// daemon creates the ledger) and reopened after an error.
+fn read_ledger(ledger: &mut Option<Ledger>) -> Result<LedgerView, String> {
+    if ledger.is_none() {
+        let state_dir = lock(&get().live.state_dir).clone().ok_or("the daemon is starting")?;
+        if !state_dir.join(LEDGER_FILE).is_file() {
+            return Err("no ledger yet".to_string());
         }
-        let view = self.read_ledger().unwrap_or_else(|problem| LedgerView {
-            problem: Some(problem),
-            ..LedgerView::default()
-        });
-        self.view = Some((Instant::now(), view.clone()));
-        view
+        *ledger = Some(Ledger::open_existing(&state_dir).map_err(|e| e.to_string())?);
     }
-
-    fn read_ledger(&mut self) -> Result<LedgerView, String> {
-        if self.ledger.is_none() {
-            let state_dir = lock(&get().live.state_dir).clone().ok_or("the daemon is starting")?;
-            if !state_dir.join(LEDGER_FILE).is_file() {
-                return Err("no ledger yet".to_string());
-            }
-            self.ledger = Some(Ledger::open_existing(&state_dir).map_err(|e| e.to_string())?);
-        }
-        let ledger = self.ledger.as_ref().ok_or("no ledger")?;
-        let read = || -> Result<LedgerView, crate::ledger::LedgerError> {
-            let now = crate::ledger::now();
-            Ok(LedgerView {
-                jobs: ledger.job_counts()?,
-                instances: ledger.instance_counts()?,
-                oldest_waiting: ledger
-                    .oldest_waiting()?
-                    .map(|(study, since)| (study, (now - since).max(0.0))),
-                recent_studies: ledger.recent_studies(15)?,
-                recent_quarantines: ledger.recent_quarantines(10)?,
-                problem: None,
-            })
-        };
-        read().map_err(|error| {
-            // Reopened at the next refresh.
-            self.ledger = None;
-            error.to_string()
+    let open = ledger.as_ref().ok_or("no ledger")?;
+    let read = || -> Result<LedgerView, crate::ledger::LedgerError> {
+        let now = crate::ledger::now();
+        Ok(LedgerView {
+            jobs: open.job_counts()?,
+            instances: open.instance_counts()?,
+            oldest_waiting: open
+                .oldest_waiting()?
+                .map(|(study, since)| (study, (now - since).max(0.0))),
+            recent_studies: open.recent_studies(15)?,
+            recent_quarantines: open.recent_quarantines(10)?,
+            problem: None,
         })
-    }
+    };
+    read().map_err(|error| {
+        // Reopened at the next read.
+        *ledger = None;
+        error.to_string()
+    })
 }
 
 fn last_turn_age(metrics: &Metrics) -> Duration {
