@@ -6,9 +6,11 @@
 //! The codecs are dicom-rs's, as this build's transfer-syntax registry has
 //! them (`dicom-pixeldata` default features plus `openjp2`): JPEG Baseline,
 //! Extended (8-bit) and Lossless (jpeg-decoder), RLE Lossless, and JPEG 2000
-//! and HTJ2K (OpenJPEG's Rust port). JPEG-LS, JPEG XL, 12-bit lossy JPEG and
-//! the video syntaxes have no decoder here: those instances get a
-//! [`DecodeError`] that names the syntax and what to do.
+//! (OpenJPEG's Rust port; the registry routes HTJ2K there too, which no test
+//! here exercises for want of a sample file). JPEG-LS, JPEG XL, 12-bit lossy JPEG and
+//! the video syntaxes have no decoder here, and the decoders read 8 and
+//! 16-bit samples only: those instances get a [`DecodeError`] that names
+//! the syntax and what to do.
 //!
 //! Decoding changes the representation, not the image, so the SOP Instance
 //! UID stays (PS3.4 does not ask for a new one), but the Image Pixel module
@@ -43,6 +45,8 @@ pub enum DecodeError {
     UnknownSyntax { uid: String },
     #[error("synthd has no decoder for {name} ({uid}); decompress the instance elsewhere first (e.g. gdcmconv --raw or dcmdjpls/dcmdjpeg)")]
     NoDecoder { uid: String, name: String },
+    #[error("synthd's decoder for {name} ({uid}) cannot read {feature}; decompress the instance elsewhere first (e.g. gdcmconv --raw or dcmdjpeg)")]
+    Unsupported { uid: String, name: String, feature: String },
     #[error("the {name} ({uid}) Pixel Data cannot be decoded: {reason}; check the file with gdcminfo or dcmdump, or decompress it elsewhere")]
     Failed { uid: String, name: String, reason: String },
 }
@@ -96,6 +100,13 @@ pub fn decode_to_native(object: &mut DefaultDicomObject, to: &str) -> Result<(),
     let name = source.name().to_string();
     if !source.can_decode_all() {
         return Err(DecodeError::NoDecoder { uid: from, name });
+    }
+    if let Some(feature) = beyond_the_decoders(object, &from) {
+        return Err(DecodeError::Unsupported {
+            uid: from,
+            name,
+            feature,
+        });
     }
     let failed = |reason: String| DecodeError::Failed {
         uid: from.clone(),
@@ -211,6 +222,22 @@ fn causes(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     words.join(": ")
+}
+
+/// What this build's decoders cannot read, checked before decoding so that
+/// such an image is reported as unsupported, not as a broken stream: every
+/// dicom-rs pixel adapter takes 8 or 16-bit samples only, and jpeg-decoder
+/// reads lossy JPEG of 8-bit precision only (not process 4's 12 bits).
+fn beyond_the_decoders(object: &InMemDicomObject, from: &str) -> Option<String> {
+    let allocated = number(object, tags::BITS_ALLOCATED);
+    if !matches!(allocated, Some(8 | 16)) {
+        return Some(match allocated {
+            Some(bits) => format!("samples of {bits} bits allocated (it reads 8 and 16)"),
+            None => "an image without Bits Allocated".to_string(),
+        });
+    }
+    let stored = number(object, tags::BITS_STORED).unwrap_or(8);
+    (JPEG_LOSSY.contains(&from) && stored > 8).then(|| format!("{stored}-bit lossy JPEG (it reads 8-bit lossy JPEG)"))
 }
 
 /// The decoded image's size, from the decoder's own view of it.
