@@ -522,5 +522,11 @@ fn sends_count_by_destination_and_outcome_and_agree_with_status() {
         agrees(&scrape(port), &layout.status())
     });
     assert_no_phi(&get(port, "/metrics").unwrap().body);
+    // The status page lists both destinations and where they send.
+    let page = get(port, "/").unwrap().body;
+    for name in ["orthanc", "stranger"] {
+        let row = format!("<tr><td>{name}</td><td>ORTHANC@127.0.0.1:{}</td></tr>", orthanc.dicom);
+        assert!(page.contains(&row), "{row} missing from the page:\n{page}");
+    }
     daemon.stop();
 }

@@ -15,12 +15,17 @@ use std::time::{Duration, Instant};
 const STALLED_AFTER: Duration = Duration::from_secs(30);
 /// Ledger figures are read at most this often, however many clients ask.
 const LEDGER_REFRESH: Duration = Duration::from_secs(1);
+/// A read of a large ledger (counting millions of rows by state) is
+/// followed by a pause this many times as long, so the reader takes at
+/// most 1/20 of a core.
+const READ_DUTY: u32 = 20;
 /// The reader stops once nobody has asked for this long, so a daemon that
 /// nobody scrapes reads nothing (Prometheus scrapes every 15 s or so).
 const IDLE_AFTER: Duration = Duration::from_secs(60);
-/// Figures older than this were read before an idle spell: a request waits
-/// (at most `FIRST_READ_WAIT`) for the read its arrival started.
-const STALE_AFTER: Duration = Duration::from_secs(3);
+/// Figures older than the reader's pause plus this were read before an
+/// idle spell: a request waits (at most `FIRST_READ_WAIT`) for the read its
+/// arrival started.
+const STALE_MARGIN: Duration = Duration::from_secs(2);
 const FIRST_READ_WAIT: Duration = Duration::from_secs(2);
 
 /// Serves the metrics, health and status page on `listener` from a thread
@@ -64,6 +69,8 @@ struct Views {
 struct ViewState {
     /// When it was read, and what it says.
     latest: Option<(Instant, Arc<LedgerView>)>,
+    /// The reader's pause after its last read.
+    pause: Duration,
     /// When a request last wanted figures.
     asked: Option<Instant>,
 }
@@ -76,14 +83,15 @@ impl ViewState {
     fn fresh(&self) -> Option<Arc<LedgerView>> {
         self.latest
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < STALE_AFTER)
+            .filter(|(at, _)| at.elapsed() < self.pause + STALE_MARGIN)
             .map(|(_, view)| view.clone())
     }
 }
 
 impl Views {
     /// The figures for a request: the latest read, at most `LEDGER_REFRESH`
-    /// (plus one read) old while clients keep asking.
+    /// (plus one read) old while clients keep asking; on a ledger so large
+    /// that a read takes over 50 ms, 20 times a read's time.
     fn current(&self) -> Arc<LedgerView> {
         let mut state = lock(&self.state);
         if !state.reader_active() {
@@ -121,13 +129,19 @@ impl Views {
                         .map_or_else(|poisoned| poisoned.into_inner().0, |(state, _)| state);
                 }
             }
+            let started = Instant::now();
             let view = read_ledger(&mut ledger).unwrap_or_else(|problem| LedgerView {
                 problem: Some(problem),
                 ..LedgerView::default()
             });
-            lock(&self.state).latest = Some((Instant::now(), Arc::new(view)));
+            let pause = LEDGER_REFRESH.max(started.elapsed() * READ_DUTY);
+            {
+                let mut state = lock(&self.state);
+                state.latest = Some((Instant::now(), Arc::new(view)));
+                state.pause = pause;
+            }
             self.changed.notify_all();
-            std::thread::sleep(LEDGER_REFRESH);
+            std::thread::sleep(pause);
         }
     }
 }

@@ -160,7 +160,21 @@ impl Exporter {
             self.finder = Some(Task::start("export-find", move |stop| finder.run(stop)));
             self.routes = routes;
         }
+        crate::metrics::set_destinations(wanted.iter().map(page_entry).collect());
         Ok(())
+    }
+}
+
+/// How the status page lists a destination: its name and where it sends.
+fn page_entry(destination: &Destination) -> crate::metrics::Destination {
+    crate::metrics::Destination {
+        name: destination.name.get_ref().clone(),
+        address: format!(
+            "{}@{}:{}",
+            destination.ae_title.get_ref(),
+            destination.host.get_ref(),
+            destination.port
+        ),
     }
 }
 
