@@ -13,10 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use synthd::net::dimse::{Status, EXPLICIT_VR_LITTLE_ENDIAN};
-use synthd::net::scu::{Association, Peer, Proposal};
-
-const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+use synthd::net::dimse::Status;
 
 /// Writes `count` MR instances of `study` as Part 10 files; returns their paths.
 fn write_study(dir: &std::path::Path, study: u32, count: u32) -> Vec<PathBuf> {
@@ -139,20 +136,7 @@ fn kill_9_during_a_receive_loses_nothing_that_was_acknowledged() {
     let sender = {
         let (acknowledged, sending) = (acknowledged.clone(), sending.clone());
         std::thread::spawn(move || {
-            let peer = Peer {
-                calling_ae_title: "TESTSCU".into(),
-                called_ae_title: "SYNTHD".into(),
-                address: format!("127.0.0.1:{port}"),
-                max_pdu: 16384,
-                connect_timeout: Duration::from_secs(5),
-                read_timeout: Duration::from_secs(10),
-            };
-            let proposal = Proposal {
-                abstract_syntax: MR.into(),
-                transfer_syntaxes: vec![EXPLICIT_VR_LITTLE_ENDIAN.into()],
-            };
-            let mut association = Association::open(&peer, &[proposal]).unwrap();
-            let (id, _) = association.context_for(MR, &[EXPLICIT_VR_LITTLE_ENDIAN]).unwrap();
+            let (mut association, id) = associate_as_testscu(port);
             for instance in 1..=400 {
                 let file = mr_bytes(33, 1, instance);
                 let group_length = u32::from_le_bytes(file[140..144].try_into().unwrap()) as usize;

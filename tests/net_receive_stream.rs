@@ -15,9 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use synthd::net::dimse::{CommandSet, EXPLICIT_VR_LITTLE_ENDIAN};
-use synthd::net::scu::{Association, Peer, Proposal};
 
-const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
 const PIXELS: usize = 128 << 20;
 
 /// An MR instance of 8192 × 8192 16-bit pixels (128 MiB), written without
@@ -109,20 +107,7 @@ fn a_large_instance_streams_to_disk_and_an_aborted_one_leaves_nothing() {
     );
 
     // Half an instance, then A-ABORT: its temporary file goes.
-    let peer = Peer {
-        calling_ae_title: "TESTSCU".into(),
-        called_ae_title: "SYNTHD".into(),
-        address: format!("127.0.0.1:{port}"),
-        max_pdu: 16384,
-        connect_timeout: Duration::from_secs(5),
-        read_timeout: Duration::from_secs(10),
-    };
-    let proposal = Proposal {
-        abstract_syntax: MR.into(),
-        transfer_syntaxes: vec![EXPLICIT_VR_LITTLE_ENDIAN.into()],
-    };
-    let mut association = Association::open(&peer, &[proposal]).unwrap();
-    let (id, _) = association.context_for(MR, &[EXPLICIT_VR_LITTLE_ENDIAN]).unwrap();
+    let (mut association, id) = associate_as_testscu(port);
     let command = CommandSet::c_store_rq(1, MR, &format!("{STUDY_ROOT}.71.1.2"));
     association
         .raw()

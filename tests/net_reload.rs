@@ -16,10 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use synthd::net::dimse::{Status, EXPLICIT_VR_LITTLE_ENDIAN};
-use synthd::net::scu::{Association, Peer, Proposal};
-
-const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+use synthd::net::dimse::Status;
 
 /// dcmtk's storescp writing what it receives into a folder.
 struct StoreScp {
@@ -136,25 +133,6 @@ fn outputs(layout: &Layout) -> usize {
         .count()
 }
 
-/// An association of synthd's own SCU, opened as TESTSCU.
-fn associate(port: u16) -> (Association, u8) {
-    let peer = Peer {
-        calling_ae_title: "TESTSCU".into(),
-        called_ae_title: "SYNTHD".into(),
-        address: format!("127.0.0.1:{port}"),
-        max_pdu: 16384,
-        connect_timeout: Duration::from_secs(5),
-        read_timeout: Duration::from_secs(10),
-    };
-    let proposal = Proposal {
-        abstract_syntax: MR.into(),
-        transfer_syntaxes: vec![EXPLICIT_VR_LITTLE_ENDIAN.into()],
-    };
-    let association = Association::open(&peer, &[proposal]).unwrap();
-    let (id, _) = association.context_for(MR, &[EXPLICIT_VR_LITTLE_ENDIAN]).unwrap();
-    (association, id)
-}
-
 #[test]
 fn sighup_rebinds_the_listener_and_applies_destinations_keeping_removed_ones_queue() {
     let layout = Layout::new();
@@ -173,7 +151,7 @@ fn sighup_rebinds_the_listener_and_applies_destinations_keeping_removed_ones_que
     });
 
     // An association accepted before the reload.
-    let (mut held, id) = associate(old_port);
+    let (mut held, id) = associate_as_testscu(old_port);
     let archive = StoreScp::start(&layout.dir.path().join("archive"));
     base.write(&layout, new_port, &everyone, &[("archive", archive.port)]);
     reload(&layout, &daemon, "reloaded config and pipelines");

@@ -13,6 +13,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// MR Image Storage.
+pub const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+
+/// An association of synthd's own SCU to synthd's SCP on `port`, opened as
+/// TESTSCU with one MR context in explicit VR little endian; returns it
+/// with that context's id.
+pub fn associate_as_testscu(port: u16) -> (synthd::net::scu::Association, u8) {
+    use synthd::net::dimse::EXPLICIT_VR_LITTLE_ENDIAN;
+    use synthd::net::scu::{Association, Peer, Proposal};
+    let peer = Peer {
+        calling_ae_title: "TESTSCU".into(),
+        called_ae_title: "SYNTHD".into(),
+        address: format!("127.0.0.1:{port}"),
+        max_pdu: 16384,
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(10),
+    };
+    let proposal = Proposal {
+        abstract_syntax: MR.into(),
+        transfer_syntaxes: vec![EXPLICIT_VR_LITTLE_ENDIAN.into()],
+    };
+    let association = Association::open(&peer, &[proposal]).unwrap();
+    let (id, _) = association.context_for(MR, &[EXPLICIT_VR_LITTLE_ENDIAN]).unwrap();
+    (association, id)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
