@@ -3,6 +3,7 @@
 //!
 //! Start with ARCHITECTURE.md: it maps the stages to these modules.
 
+pub mod attribute;
 pub mod commands;
 pub mod config;
 pub mod daemon;

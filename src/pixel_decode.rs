@@ -28,6 +28,7 @@
 //!   not say so, it is set to `01` and the ratio and method are appended
 //!   (PS3.3 C.7.6.1.1.5: once lossy, always declared lossy).
 
+use crate::attribute::{put_str, string_of};
 use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -117,7 +118,7 @@ pub fn decode_to_native(object: &mut DefaultDicomObject, to: &str) -> Result<(),
     let (layout, mut samples) =
         if JPEG_LOSSY.contains(&from.as_str()) && number(object, tags::SAMPLES_PER_PIXEL) == Some(3) {
             let layout = Layout::of(object).ok_or_else(|| failed("Rows or Columns is missing".into()))?;
-            let photometric = text(object, tags::PHOTOMETRIC_INTERPRETATION);
+            let photometric = string_of(object, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
             let samples = jpeg_colour(object, &layout, &photometric).map_err(failed)?;
             (layout, samples)
         } else {
@@ -288,9 +289,9 @@ fn describe_native(object: &mut InMemDicomObject, from: &str, layout: &Layout) {
             PrimitiveValue::from(0u16),
         ));
     }
-    let photometric = text(object, tags::PHOTOMETRIC_INTERPRETATION);
+    let photometric = string_of(object, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
     if let Some(decoded) = decoded_photometric(from, layout.samples, &photometric) {
-        put_text(object, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, decoded);
+        put_str(object, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, decoded);
     }
 }
 
@@ -329,10 +330,10 @@ fn declare_lossy(object: &mut InMemDicomObject, from: &str, compressed: usize, n
     let Some((_, method)) = ALWAYS_LOSSY.iter().find(|(uid, _)| *uid == from) else {
         return;
     };
-    if text(object, tags::LOSSY_IMAGE_COMPRESSION) == "01" {
+    if string_of(object, tags::LOSSY_IMAGE_COMPRESSION).unwrap_or_default() == "01" {
         return;
     }
-    put_text(object, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "01");
+    put_str(object, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "01");
     let mut ratios = strings(object, tags::LOSSY_IMAGE_COMPRESSION_RATIO);
     let mut methods = strings(object, tags::LOSSY_IMAGE_COMPRESSION_METHOD);
     if compressed > 0 {
@@ -359,14 +360,6 @@ fn compressed_bytes(object: &InMemDicomObject) -> usize {
     }
 }
 
-fn text(object: &InMemDicomObject, tag: Tag) -> String {
-    object
-        .get(tag)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .unwrap_or_default()
-}
-
 fn number(object: &InMemDicomObject, tag: Tag) -> Option<usize> {
     object
         .get(tag)
@@ -386,10 +379,6 @@ fn strings(object: &InMemDicomObject, tag: Tag) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn put_text(object: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
-    object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
 }
 
 #[cfg(test)]

@@ -1034,13 +1034,7 @@ fn multi_str(element: &InMemElement) -> Vec<String> {
         .unwrap_or_default()
 }
 
-pub(crate) fn string_of(object: &InMemDicomObject, tag: Tag) -> Option<String> {
-    object
-        .get(tag)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .filter(|s| !s.is_empty())
-}
+pub(crate) use crate::attribute::string_of;
 
 /// The identifying strings of an instance: whole values and their name or
 /// word components, at least `min_len` characters long.

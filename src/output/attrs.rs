@@ -5,9 +5,7 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-pub fn put_str(object: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
-    object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
-}
+pub use crate::attribute::{put_str, string_of};
 
 pub fn put_strs(object: &mut InMemDicomObject, tag: Tag, vr: VR, values: &[&str]) {
     let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
@@ -29,15 +27,6 @@ pub fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
     put_str(&mut item, tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme);
     put_str(&mut item, tags::CODE_MEANING, VR::LO, meaning);
     item
-}
-
-/// The string value of an attribute, trimmed; None when absent or empty.
-pub fn string_of(object: &InMemDicomObject, tag: Tag) -> Option<String> {
-    object
-        .get(tag)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .filter(|s| !s.is_empty())
 }
 
 /// The items of a sequence attribute, empty when absent.
