@@ -48,6 +48,13 @@ struct Series<'a> {
     frame_of_reference: Option<String>,
 }
 
+impl Series<'_> {
+    /// Each slice's size and place in patient space, in slice order.
+    fn frames(&self) -> Vec<SliceFrame> {
+        self.inputs.iter().map(|i| (i.rows, i.cols, i.geometry)).collect()
+    }
+}
+
 /// What every variant of a series shares: mask provenance, segments, QC reference.
 struct Plan {
     components: Vec<CondChannel>,
@@ -157,11 +164,7 @@ pub fn synthesize_study(
         let lesions = generated_lesions(synth, &series, instances, variant);
         let mut failed = Vec::new();
         for (index, s) in series.iter().enumerate() {
-            let masks = lesions.as_ref().map(|l| {
-                let geometry: Vec<(usize, usize, SliceGeometry)> =
-                    s.inputs.iter().map(|i| (i.rows, i.cols, i.geometry)).collect();
-                l.rasterise(&geometry)
-            });
+            let masks = lesions.as_ref().map(|l| l.rasterise(&s.frames()));
             match synthesize_variant(
                 context, engine, synth, &plan, s, masks, variant, study_dir, entries, report,
             ) {
@@ -296,7 +299,6 @@ fn carry_seg_masks<'a>(synth: &Synth, series: Vec<Series<'a>>, report: &mut Stud
     if synth.mask.source != MaskSource::Seg {
         return series;
     }
-    let frames = |s: &Series| -> Vec<SliceFrame> { s.inputs.iter().map(|i| (i.rows, i.cols, i.geometry)).collect() };
     let carried: Vec<Option<(String, Vec<Vec<u8>>)>> = series
         .iter()
         .map(|target| {
@@ -309,7 +311,7 @@ fn carry_seg_masks<'a>(synth: &Synth, series: Vec<Series<'a>>, report: &mut Stud
                     && d.frame_of_reference == target.frame_of_reference
             })?;
             let (id, maps) = donor.seg_mask.as_ref()?;
-            let labels = lesion::carry_labels(&frames(donor), maps, &frames(target));
+            let labels = lesion::carry_labels(&donor.frames(), maps, &target.frames());
             labels
                 .iter()
                 .any(|m| m.iter().any(|&v| v != 0))
