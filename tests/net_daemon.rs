@@ -9,23 +9,10 @@ mod net_support;
 use daemon_support::*;
 use net_support::*;
 use std::fs;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use synthd::net::dimse::Status;
-
-/// Writes `count` MR instances of `study` as Part 10 files; returns their paths.
-fn write_study(dir: &std::path::Path, study: u32, count: u32) -> Vec<PathBuf> {
-    fs::create_dir_all(dir).unwrap();
-    (1..=count)
-        .map(|instance| {
-            let path = dir.join(format!("{study}-{instance}.dcm"));
-            fs::write(&path, mr_bytes(study, 1, instance)).unwrap();
-            path
-        })
-        .collect()
-}
 
 fn outputs(layout: &Layout) -> usize {
     files_under(&layout.path("outbox"))

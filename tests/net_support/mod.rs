@@ -39,6 +39,18 @@ pub fn associate_as_testscu(port: u16) -> (synthd::net::scu::Association, u8) {
     (association, id)
 }
 
+/// Writes `count` MR instances of `study` as Part 10 files; returns their paths.
+pub fn write_study(dir: &Path, study: u32, count: u32) -> Vec<PathBuf> {
+    fs::create_dir_all(dir).unwrap();
+    (1..=count)
+        .map(|instance| {
+            let path = dir.join(format!("{study}-{instance}.dcm"));
+            fs::write(&path, crate::daemon_support::mr_bytes(study, 1, instance)).unwrap();
+            path
+        })
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
