@@ -1,6 +1,6 @@
 //! The `synthd` command line. Errors are reported here, with context naming
 //! the file and stage; exit codes: 0 ok, 1 failure, 2 usage or invalid config;
-//! `process` exits 3 when it finished with some inputs quarantined.
+//! `deid` and `process` exit 3 when they finished with some inputs quarantined.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -46,8 +46,8 @@ fn every_pydicom_file_is_deidentified_or_quarantined_and_readable() {
     let key_a = key(dir.path(), "a.key");
     let out_a = dir.path().join("a");
     let result = run(&inputs, &out_a, &key_a);
-    // Some test files are deliberately broken: exit 1 says files were quarantined.
-    assert_eq!(result.status.code(), Some(1), "{}", common::stderr(&result));
+    // Some test files are deliberately broken: exit 3 says files were quarantined.
+    assert_eq!(result.status.code(), Some(3), "{}", common::stderr(&result));
     let input_count = files_under(&inputs).len();
     let outputs = files_under(&out_a);
     let quarantine = dir.path().join("a-quarantine");
@@ -140,7 +140,7 @@ fn refuses_a_group_readable_key_and_bad_usage() {
         "--key-file",
         key.to_str().unwrap(),
     ]);
-    assert_eq!(result.status.code(), Some(1));
+    assert_eq!(result.status.code(), Some(1), "a bad key is a failure");
     assert!(
         common::stderr(&result).contains("expected 0600"),
         "{}",
@@ -170,7 +170,7 @@ fn identical_copies_are_dropped_and_a_conflicting_copy_is_quarantined_whatever_t
     for (run, jobs) in [("one", "1"), ("two", "2"), ("again", "2")] {
         let out = dir.path().join(run);
         let result = deid(&inputs, &out, &key, &["--jobs", jobs]);
-        assert_eq!(result.status.code(), Some(1), "{}", common::stderr(&result));
+        assert_eq!(result.status.code(), Some(3), "{}", common::stderr(&result));
         let stdout = String::from_utf8_lossy(&result.stdout);
         assert!(
             stdout.contains("de-identified 1 of 3") && stdout.contains("dropped 1 identical duplicate"),
@@ -221,7 +221,7 @@ fn an_identifying_value_left_in_a_kept_attribute_is_caught_by_the_residual_check
     let key = key(dir.path(), "k");
     let out = dir.path().join("out");
     let result = deid(&inputs, &out, &key, &[]);
-    assert_eq!(result.status.code(), Some(1), "{}", common::stderr(&result));
+    assert_eq!(result.status.code(), Some(3), "{}", common::stderr(&result));
     assert!(files_under(&out).is_empty(), "nothing may be written");
     let reason = files_under(&dir.path().join("out-quarantine"))
         .into_iter()

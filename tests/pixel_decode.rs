@@ -269,8 +269,8 @@ fn deid_decodes_matching_compressed_images_cleans_them_and_quarantines_what_it_c
         "--pipeline",
         pipeline.to_str().unwrap(),
     ]);
-    // Exit 1: finished, with a quarantine.
-    assert_eq!(result.status.code(), Some(1), "{}", common::stderr(&result));
+    // Exit 3: finished, with a quarantine.
+    assert_eq!(result.status.code(), Some(3), "{}", common::stderr(&result));
     let outputs = common::files_under(&output);
     assert_eq!(outputs.len(), 2, "{outputs:?}");
 

@@ -360,7 +360,7 @@ pub fn run(args: DeidArgs) -> Result<i32> {
             String::new()
         }
     );
-    Ok(if quarantined > 0 { 1 } else { 0 })
+    Ok(if quarantined > 0 { super::EXIT_QUARANTINED } else { 0 })
 }
 
 /// Output bytes after which the writeback thread starts writing outputs

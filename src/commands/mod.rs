@@ -17,6 +17,11 @@ pub mod status;
 pub mod unit_paths;
 pub mod validate;
 
+/// Exit code of a `deid` or `process` run that finished with some inputs
+/// quarantined: 3, not 1, since the run did its work (its output can be
+/// used and merged) and 1 means it failed.
+pub const EXIT_QUARANTINED: i32 = 3;
+
 /// The example pipelines shipped in `pipelines/`, written by `synthd init`.
 pub const EXAMPLE_PIPELINES: &[(&str, &str)] = &[
     ("deid-only.toml", include_str!("../../pipelines/deid-only.toml")),

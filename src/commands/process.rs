@@ -277,12 +277,9 @@ impl Summary<'_> {
         eprintln!("process: {line}");
         // 3, not 1: the run finished and its dataset can be merged; schedulers
         // (Slurm's afterok, a Job's completions, systemd) count it a success.
-        EXIT_QUARANTINED
+        super::EXIT_QUARANTINED
     }
 }
-
-/// Exit code of a run that finished with some inputs quarantined.
-pub const EXIT_QUARANTINED: i32 = 3;
 
 /// A second `synthd process` with a different shard count writing into the
 /// same output would split the studies differently: some would be in two
