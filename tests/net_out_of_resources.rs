@@ -297,6 +297,31 @@ fn out_of_resources_is_retried_with_backoff_and_delivered_once_and_refusals_die_
         .iter()
         .any(|(_, _, r)| r.contains("Data Set does not match SOP Class")));
     assert!(dead.iter().any(|(_, _, r)| r.contains("Cannot understand")));
+    status_lists_the_dead_letters(&layout, total);
     assert_no_phi(&layout.log());
     assert!(daemon.stop().success());
+}
+
+/// `synthd status` shows each dead letter (all `total` of them here, as
+/// they are fewer than it lists) by its outbox-relative file and reason.
+fn status_lists_the_dead_letters(layout: &Layout, total: u64) {
+    let status = layout.status();
+    let letters = status["dead_letters"]
+        .as_array()
+        .expect("dead_letters in status --json");
+    assert_eq!(letters.len() as u64, total, "{status:#}");
+    let outbox = layout.path("outbox");
+    for letter in letters {
+        assert_eq!(letter["destination"], "picky");
+        let path = letter["path"].as_str().unwrap();
+        assert!(!path.starts_with('/'), "relative to the outbox: {path}");
+        assert!(outbox.join(path).is_file(), "{path} is a file in the outbox");
+        assert!(letter["reason"].as_str().unwrap().contains("(0x"), "{letter}");
+    }
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_synthd"))
+        .args(["status", "--config", layout.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.matches("    dead: ").count() as u64, total, "{text}");
 }

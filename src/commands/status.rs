@@ -15,6 +15,11 @@ use std::path::Path;
 
 /// How many recent quarantines the status shows.
 const RECENT: u32 = 10;
+/// How many dead letters `--json` lists (newest first); the counts per
+/// destination are complete.
+const DEAD_LETTERS: u32 = 20;
+/// How many of them the text shows per destination.
+const DEAD_LETTERS_SHOWN: usize = 5;
 
 pub fn run(config_file: &Path, as_json: bool) -> Result<i32> {
     let loaded = Config::load(config_file)
@@ -47,7 +52,8 @@ pub fn run(config_file: &Path, as_json: bool) -> Result<i32> {
 /// The status as one JSON object: `config`, `ledger` (its path, or null
 /// before the daemon's first run), `daemon` (`running`, `pid`), `jobs` and
 /// `instances` (counts by state, every state present), `oldest_waiting`,
-/// `recent_quarantines`.
+/// `recent_quarantines`, `destinations` and `dead_letters` (the newest
+/// [`DEAD_LETTERS`]: destination, path relative to the outbox, reason).
 pub fn snapshot(config: &Config) -> Result<Value> {
     let state = &config.paths.state;
     let holder = lock::holder(state).with_context(|| format!("status: cannot check {}", state.display()))?;
@@ -73,6 +79,7 @@ pub fn snapshot(config: &Config) -> Result<Value> {
                 "recent_quarantines": [],
                 "qc_flagged": {"series": 0, "recent": []},
                 "destinations": destinations(config, None)?,
+                "dead_letters": [],
             }))
         }
     };
@@ -101,7 +108,22 @@ pub fn snapshot(config: &Config) -> Result<Value> {
             "state": job.state.as_str(),
         })).collect::<Vec<_>>(),
         "destinations": destinations(config, Some(&ledger))?,
+        "dead_letters": dead_letters(config, &ledger)?,
     }))
+}
+
+/// The newest dead letters, each with its destination, its file (relative
+/// to the outbox: outputs are named by keyed hashes, never by identifiers)
+/// and the peer's reason.
+fn dead_letters(config: &Config, ledger: &Ledger) -> Result<Vec<Value>> {
+    let letters = ledger.dead_letters(DEAD_LETTERS).context("status")?;
+    Ok(letters
+        .into_iter()
+        .map(|(destination, path, reason)| {
+            let path = path.strip_prefix(&config.paths.outbox).unwrap_or(&path);
+            json!({"destination": destination, "path": path, "reason": reason})
+        })
+        .collect())
 }
 
 /// Each `[[destinations]]` entry (and any the queue still names): queued,
@@ -165,6 +187,29 @@ fn print_destinations(status: &Value) {
         if d["configured"] == false {
             println!("    not in [[destinations]]: its queued sends wait until it is configured again");
         }
+        print_dead_letters(status, &d);
+    }
+}
+
+/// A destination's newest dead letters, with how many more there are.
+fn print_dead_letters(status: &Value, destination: &Value) {
+    let letters: Vec<&Value> = status["dead_letters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|letter| letter["destination"] == destination["name"])
+        .collect();
+    for letter in letters.iter().take(DEAD_LETTERS_SHOWN) {
+        println!(
+            "    dead: {}: {}",
+            letter["path"].as_str().unwrap_or("?"),
+            letter["reason"].as_str().unwrap_or("")
+        );
+    }
+    let dead = destination["dead"].as_u64().unwrap_or(0);
+    let shown = letters.len().min(DEAD_LETTERS_SHOWN) as u64;
+    if dead > shown {
+        println!("    … and {} more dead letter(s)", dead - shown);
     }
 }
 
