@@ -52,7 +52,7 @@ esac
 # the last 12,000 characters of the output.
 if [ "$mode" = run ] && [ -n "${OUT:-}" ] && [ -z "${GPU_CHECK_TEED:-}" ]; then
     mkdir -p "$OUT"
-    GPU_CHECK_TEED=1 "$0" run "$@" 2>&1 | tee -a "$OUT/gpu-check.log"
+    GPU_CHECK_TEED=1 "$root/scripts/gpu-check.sh" run "$@" 2>&1 | tee -a "$OUT/gpu-check.log"
     exit "${PIPESTATUS[0]}"
 fi
 pipeline=${1:-}
@@ -358,6 +358,10 @@ if [ -z "$bin" ]; then
     fi
 fi
 
+if [ "$mode" = run ]; then
+    # Built on another machine: name a shared library it cannot find here.
+    ldd "$bin" 2>&1 | grep -E 'not found|version .* not found' | sed 's/^/  synthd: /' || true
+fi
 say "synthd doctor ($bin)"
 layout=$(mktemp -d)
 "$bin" init "$layout/synthd" >/dev/null && "$bin" doctor --config "$layout/synthd/synthd.toml" | sed 's/^/  /'
