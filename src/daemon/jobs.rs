@@ -34,12 +34,20 @@ impl<E: Engine> Daemon<E> {
 
     /// Claims every study that is complete: quiet for `ingest.stable_age`, or
     /// marked by a `.ready` file in its folder once that folder has settled.
+    ///
+    /// Quiet means that no file arrived for it in `stable_age`, and the
+    /// arrivals that count are also those not read yet: while intake is
+    /// behind (a flood of events not yet read, or a file that arrived before
+    /// the study's quiet time ended and is still settling), a study waits,
+    /// or a large drop read more slowly than `stable_age` would be split
+    /// into two jobs.
     pub(super) fn claim_complete_studies(&mut self) -> Result<(), DaemonError> {
         // Back-pressure: a full deid queue stops claiming, files stay in the inbox.
         self.next_claim_due = None;
-        if !self.dispatch.is_empty() {
+        if !self.dispatch.is_empty() || self.intake_behind {
             return Ok(());
         }
+        let unread_since = self.settler.oldest_unsettled().map(epoch_seconds);
         let stable = self.config.raw.ingest.stable_age.as_duration().as_secs_f64();
         let now = ledger::now();
         let mut studies: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
@@ -60,6 +68,10 @@ impl<E: Engine> Daemon<E> {
             if now - newest < stable && marked.is_empty() {
                 let due = newest + stable;
                 self.next_claim_due = Some(self.next_claim_due.map_or(due, |d| d.min(due)));
+                continue;
+            }
+            if marked.is_empty() && unread_since.is_some_and(|since| since <= newest + stable) {
+                // Taken within `settle`; the loop turns at least every 50 ms.
                 continue;
             }
             used_markers.extend(marked.into_iter().cloned());
@@ -1040,4 +1052,10 @@ impl<E: Engine> Daemon<E> {
         }
         Ok(())
     }
+}
+
+/// Seconds since the epoch, as the ledger keeps times (0 before it).
+fn epoch_seconds(time: std::time::SystemTime) -> f64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }

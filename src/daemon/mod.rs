@@ -161,6 +161,9 @@ pub struct Daemon<E: Engine> {
     deidentified_jobs: Vec<i64>,
     /// When the next received study turns `stable_age` quiet (epoch seconds).
     next_claim_due: Option<f64>,
+    /// The last turn left inotify events unread (a flood of arrivals):
+    /// files of a study may wait in them, so no study is claimed.
+    intake_behind: bool,
     pause: Option<Pause>,
     deid_tx: Option<Sender<DeidTask<E>>>,
     /// Held to report the output queue's depth.
@@ -189,6 +192,9 @@ struct Timers {
 /// cost a few percent of the coordinator, and a write that runs out of space
 /// in between pauses intake on its own (ENOSPC is an environment fault).
 const SPACE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Inotify events read per turn of the coordinator loop.
+const EVENTS_PER_TURN: usize = 10_000;
 
 /// Written in `paths.state` by a daemon that stopped cleanly, removed at start:
 /// a start without it after a ledger exists follows a watchdog kill or a crash.
@@ -276,6 +282,7 @@ impl<E: Engine> Daemon<E> {
             finished: Vec::new(),
             deidentified_jobs: Vec::new(),
             next_claim_due: None,
+            intake_behind: false,
             pause: None,
             deid_tx: Some(deid_tx),
             output_rx: output_depth,
@@ -523,12 +530,24 @@ impl<E: Engine> Daemon<E> {
 
     fn drain_events(&mut self, events: &std::sync::mpsc::Receiver<notify::Result<notify::Event>>) {
         use notify::event::{EventKind, ModifyKind, RenameMode};
-        // Bounded per turn, so a flood of events cannot starve the rest of the loop.
-        for _ in 0..10_000 {
-            let Ok(event) = events.try_recv() else { break };
-            let Ok(event) = event else {
-                // Dropped events (queue overflow) are caught by the next rescan.
-                continue;
+        // Bounded per turn, so a flood of events cannot starve the rest of
+        // the loop; claims wait until the flood is read (`intake_behind`).
+        self.intake_behind = true;
+        for _ in 0..EVENTS_PER_TURN {
+            let Ok(event) = events.try_recv() else {
+                self.intake_behind = false;
+                break;
+            };
+            let event = match event {
+                Ok(event) if !event.need_rescan() => event,
+                _ => {
+                    // Events were dropped (the kernel's queue overflowed):
+                    // files may wait unseen, so rescan in this turn, before
+                    // its claims: what it finds is unsettled until taken,
+                    // and holds back the claims it may belong to.
+                    self.timers.rescan = None;
+                    continue;
+                }
             };
             // Opens and reads (ours included: scanning a folder opens it) change nothing.
             if matches!(event.kind, EventKind::Access(_)) {

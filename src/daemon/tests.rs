@@ -289,3 +289,44 @@ fn received_files_wait_in_their_study_folder_and_survive_a_restart_either_side_o
     assert_eq!(counts[&InstanceState::Written], 3);
     assert_eq!(counts[&InstanceState::Duplicate], 0);
 }
+
+#[test]
+fn a_file_that_arrived_before_its_study_turned_quiet_but_is_read_after_joins_the_same_job() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    let toml = dir.path().join("synthd.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("settle = \"0s\"", "settle = \"200ms\"");
+    std::fs::write(&toml, text).unwrap();
+    let config = Config::load(&toml).unwrap();
+    let inbox = config.paths.inbox.join("s");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let mut daemon = start(&config);
+    for n in 0..3 {
+        write_mr(
+            &inbox.join(format!("{n}.dcm")),
+            "1.2.3.300",
+            &format!("1.2.3.300.{n}"),
+            "FAKE^GAMMA",
+        );
+    }
+    // Seen, then taken once settled (200 ms), before stable_age (300 ms) ends.
+    daemon.step().unwrap();
+    std::thread::sleep(Duration::from_millis(220));
+    daemon.step().unwrap();
+    assert_eq!(daemon.ledger.received().unwrap().len(), 3, "the first three are read");
+    // The fourth arrives before the study turns quiet, and is first seen after.
+    write_mr(&inbox.join("3.dcm"), "1.2.3.300", "1.2.3.300.3", "FAKE^GAMMA");
+    std::thread::sleep(Duration::from_millis(350));
+    daemon.step().unwrap();
+    let claimed = |daemon: &Daemon<CopyEngine>| daemon.ledger.job_counts().unwrap().iter().map(|(_, n)| n).sum::<u64>();
+    assert_eq!(
+        claimed(&daemon),
+        0,
+        "claimed while a file of the study was still settling"
+    );
+    run_until_idle(&mut daemon, &config.paths.inbox);
+    assert_eq!(claimed(&daemon), 1, "one job for the study");
+    assert_eq!(files_under(&config.paths.outbox).len(), 4);
+}

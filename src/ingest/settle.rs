@@ -46,6 +46,14 @@ impl Settler {
         self.renamed.remove(path);
     }
 
+    /// The oldest modification time among files seen but not yet taken
+    /// (still settling): an upper bound on when the oldest of them arrived
+    /// that the claim of a study must not run ahead of (their ctime is
+    /// read only when they are taken).
+    pub fn oldest_unsettled(&self) -> Option<SystemTime> {
+        self.seen.values().map(|(observation, _)| observation.mtime).min()
+    }
+
     /// Whether a file under `folder` is still being watched for settling.
     pub fn unsettled_under(&self, folder: &Path) -> bool {
         self.seen.keys().any(|path| path.parent() == Some(folder))
