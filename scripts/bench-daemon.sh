@@ -24,7 +24,10 @@
 # CPU), and the time of each scrape that started between stable_age expiry
 # and the last output is kept (connect, request, whole response, from one
 # client process); it prints their median and p95, and the ratio of the
-# daemon's throughput with metrics on to that with metrics off.
+# daemon's throughput with metrics on to that with metrics off, per run and
+# of the medians, and the ratio of the CPU time the daemon used (user +
+# system), which varies far less from run to run than wall-clock time on a
+# small machine.
 # Target: the daemon adds <= 10% to `synthd deid`'s time; metrics on is
 # within 3% of metrics off; a scrape during a 1,000-instance study < 10 ms. On ext4 without a
 # journal, start it at least six minutes after many files were deleted (see
@@ -84,8 +87,13 @@ run_deid() {
   echo "$(echo "$t1 - $t0" | bc -l) $(cat "$dir/deid-$run.rss")"
 }
 
-# run_daemon DIR RUN STUDIES TOTAL METRICS -> prints "latency first_output rss_kib latency_to_finished";
-# with METRICS=on, each scrape's seconds go to DIR/scrapes-RUN.txt.
+# cpu_seconds PID: user + system CPU time the process has used so far.
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+}
+
+# run_daemon DIR RUN STUDIES TOTAL METRICS -> prints "latency first_output rss_kib latency_to_finished
+# daemon_cpu_s scraper_cpu_s"; with METRICS=on, each scrape's seconds go to DIR/scrapes-RUN.txt.
 run_daemon() {
   local dir=$1 run=$2 studies=$3 total=$4 metrics=$5
   local layout=$dir/layout-$run-metrics-$metrics
@@ -146,7 +154,9 @@ PY
   while [ "$(grep -c 'study finished' "$log")" -lt "$studies" ]; do
     sleep 0.25
   done
+  local scraper_cpu=0
   if [ -n "$scraper_pid" ]; then
+    scraper_cpu=$(cpu_seconds "$scraper_pid")
     kill "$scraper_pid" 2>/dev/null || true
     wait "$scraper_pid" 2>/dev/null || true
     scraper_pid=
@@ -156,6 +166,10 @@ PY
   t_first=$(find "$layout/outbox" -type f -name '*.dcm' -printf '%T@\n' | sort -g | head -1)
   local rss_kib
   rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$daemon_pid/status")
+  # From its start to the last study finished: it includes the idle turns
+  # before the files arrive and during stable_age, the same in both modes.
+  local daemon_cpu
+  daemon_cpu=$(cpu_seconds "$daemon_pid")
   kill -TERM "$daemon_pid"
   wait "$daemon_pid" || true
   daemon_pid=
@@ -166,7 +180,8 @@ PY
   if [ -n "$port" ]; then
     awk -v from="$expiry" -v to="$t_last" '$1 >= from && $1 <= to { print $2 }' "$dir/scrape-log-$run.txt" >>"$dir/scrapes-$run.txt"
   fi
-  echo "$(echo "$t_last - $expiry" | bc -l) $(echo "$t_first - $expiry" | bc -l) $rss_kib $(echo "$t_done - $expiry" | bc -l)"
+  echo "$(echo "$t_last - $expiry" | bc -l) $(echo "$t_first - $expiry" | bc -l) $rss_kib $(echo "$t_done - $expiry" | bc -l)" \
+    "$daemon_cpu $scraper_cpu"
 }
 
 bench_case() {
@@ -185,8 +200,12 @@ bench_case() {
     deid=$(run_deid "$dir" "$run")
     echo "$deid" >>"$dir/deid.txt"
     printf '  run %d: synthd deid %.2f s' "$run" "${deid%% *}"
-    # Metrics off and on alternate within a run, so drift on a shared machine hits both.
-    for mode in $metrics_modes; do
+    # Metrics off and on alternate within a run, so drift on a shared
+    # machine hits both, and swap places every other run, so that neither
+    # always runs second (after the other's writes).
+    local order=$metrics_modes
+    [ $((run % 2)) -eq 0 ] && order=$(echo "$metrics_modes" | tr ' ' '\n' | tac | tr '\n' ' ')
+    for mode in $order; do
       daemon=$(run_daemon "$dir" "$run" "$studies" "$total" "$mode")
       echo "$daemon" >>"$dir/daemon-$mode.txt"
       printf ', daemon (metrics %s) %.2f s' "$mode" "${daemon%% *}"
@@ -202,6 +221,13 @@ bench_case() {
     on_s=$(cut -d' ' -f1 "$dir/daemon-on.txt" | median)
     printf '  metrics on/off throughput ratio: %.3f (%+.1f%% time; target within 3%%)\n' \
       "$(echo "$off_s / $on_s" | bc -l)" "$(echo "($on_s / $off_s - 1) * 100" | bc -l)"
+    # Per run (on and off ran back to back), so drift between runs cancels.
+    printf '  per run, on/off throughput:'
+    paste -d' ' <(cut -d' ' -f1 "$dir/daemon-off.txt") <(cut -d' ' -f1 "$dir/daemon-on.txt") |
+      awk '{ printf " %.3f", $1 / $2 }'
+    printf '\n'
+    printf '  daemon CPU on/off: %.3f\n' \
+      "$(echo "$(cut -d' ' -f5 "$dir/daemon-on.txt" | median) / $(cut -d' ' -f5 "$dir/daemon-off.txt" | median)" | bc -l)"
   fi
   local scrapes
   scrapes=$(cat "$dir"/scrapes-*.txt 2>/dev/null | awk '{ printf "%.3f\n", $1 * 1000 }')
@@ -230,6 +256,8 @@ report_daemon() {
   printf '  daemon first output, median: %.2f s after expiry; last study finished (originals archived): %.2f s\n' \
     "$first_s" "$done_s"
   printf '  daemon vs synthd deid: %+.1f%% (target <= +10%%)\n' "$(echo "($daemon_s / $deid_s - 1) * 100" | bc -l)"
+  printf '  CPU, median: daemon %.2f s (start to finish), scraping client %.3f s\n' \
+    "$(cut -d' ' -f5 "$dir/daemon-$mode.txt" | median)" "$(cut -d' ' -f6 "$dir/daemon-$mode.txt" | median)"
 }
 
 echo "synthd daemon benchmark ($(nproc) cores, workers=$workers, stable_age=${stable_age_s}s, $repeat runs each)"
