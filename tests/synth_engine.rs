@@ -529,3 +529,55 @@ fn the_engine_can_be_shared_between_stage_threads() {
     fn shareable<T: Send + Sync>() {}
     shareable::<Engine>();
 }
+
+#[test]
+fn the_first_estimate_anchor_shifts_each_fill_by_one_value_and_needs_a_conditioned_model() {
+    let input = with_square_masks(phantom(3, 40, 48));
+    let plain = engine(&tiny("cond"), "", 1).unwrap();
+    let anchored = engine(&tiny("cond"), "anchor = \"first-estimate\"", 1).unwrap();
+    let plain = plain.inpaint_series(&request(input.clone())).unwrap();
+    let anchored = anchored.inpaint_series(&request(input.clone())).unwrap();
+    let range = input[0].values.iter().fold(0.0f32, |m, v| m.max(*v));
+    for ((s, a), b) in input.iter().zip(&anchored.slices).zip(&plain.slices) {
+        let mask = s.mask.as_ref().unwrap();
+        // Values at the window's ends were clipped there (the tiny model's
+        // output is random and often past them): no shift shows through.
+        let inside: Vec<usize> = (0..mask.len()).filter(|&i| mask[i] == 1).collect();
+        let values = || inside.iter().flat_map(|&i| [a.values[i], b.values[i]]);
+        let (low, high) = (values().fold(f32::MAX, f32::min), values().fold(f32::MIN, f32::max));
+        let clipped = |v: f32| v <= low + 1e-3 * range || v >= high - 1e-3 * range;
+        let shifts: Vec<f32> = inside
+            .iter()
+            .filter(|&&i| !clipped(a.values[i]) && !clipped(b.values[i]))
+            .map(|&i| a.values[i] - b.values[i])
+            .collect();
+        assert!(shifts.len() * 4 >= inside.len(), "most of the fill is clipped");
+        // One shift on the model grid is one shift on the slice (bilinear
+        // weights sum to 1); where a grid value met the clip, less of it
+        // shows, never more, never the other way.
+        let full = shifts
+            .iter()
+            .copied()
+            .fold(0.0f32, |m, d| if d.abs() > m.abs() { d } else { m });
+        assert!(full.abs() > 1e-3 * range, "the anchor moved nothing");
+        let tolerance = 1e-4 * range;
+        let whole = shifts.iter().filter(|d| (**d - full).abs() < tolerance).count();
+        assert!(
+            whole * 2 > shifts.len(),
+            "{whole} of {} pixels moved by {full}",
+            shifts.len()
+        );
+        assert!(shifts.iter().all(|d| d * full.signum() >= -tolerance), "{shifts:?}");
+        for i in (0..mask.len()).filter(|&i| mask[i] == 0) {
+            assert_eq!(a.values[i].to_bits(), s.values[i].to_bits());
+        }
+    }
+    let text = engine(&tiny("uncond"), "anchor = \"first-estimate\"", 1)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        text.contains("synth.anchor") && text.contains("unconditioned"),
+        "{text}"
+    );
+}

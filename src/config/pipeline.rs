@@ -199,6 +199,25 @@ fn default_date_shift_days() -> [i32; 2] {
     [-365, -1]
 }
 
+/// `[synth] anchor`: what sets a fill's in-mask mean brightness.
+///
+/// A sample's brightness is decided by its first, noisiest steps, where an
+/// under-trained model is least sure; the model's first x̂₀ estimate (one
+/// call at the first timestep, from pure noise) is its best guess of the
+/// region given the known image (the mean of its posterior, as an x̂₀
+/// trained on squared error is). `first-estimate` shifts each slice's
+/// sample so that its in-mask mean equals that guess's: the sample keeps
+/// its own structure and texture, its brightness stops depending on where
+/// the trajectory drifted. It costs no extra model run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Anchor {
+    /// The sample as the sampler ends it.
+    #[default]
+    None,
+    FirstEstimate,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
@@ -319,6 +338,10 @@ pub struct Synth {
     /// Width in pixels of the blend at the mask edge; 0 = hard edge.
     #[serde(default, deserialize_with = "ranges::u32_in::<0, 64, _>")]
     pub feather_px: u32,
+    /// Where each slice's fill takes its in-mask mean from (conditioned
+    /// models): the sample itself, or the model's first estimate.
+    #[serde(default)]
+    pub anchor: Anchor,
     #[serde(default)]
     pub mask: MaskSpec,
     /// Generated lesions (task = "lesion", mask source "generated").

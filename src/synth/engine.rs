@@ -122,6 +122,16 @@ impl Engine {
                 ),
             });
         }
+        if synth.anchor != crate::config::pipeline::Anchor::None && manifest.inputs.cond.is_empty() {
+            return Err(SynthError::Setting {
+                key: "synth.anchor",
+                reason: format!(
+                    "{} is unconditioned (no cond inputs): its first estimate knows nothing of the known image; \
+                     remove anchor or use a conditioned model",
+                    model_path.display()
+                ),
+            });
+        }
         if synth.guidance != 1.0 && manifest.inputs.class_labels.is_empty() {
             return Err(SynthError::Setting {
                 key: "synth.guidance",

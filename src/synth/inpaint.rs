@@ -12,7 +12,7 @@ use super::noise::{fill_normal, slice_rng};
 use super::scheduler::{self, NoiseSchedule};
 use super::session::ModelSession;
 use super::tensor::{Normalization, Placement};
-use crate::config::pipeline::Synth;
+use crate::config::pipeline::{Anchor, Synth};
 use rand_chacha::ChaCha20Rng;
 
 /// One slice ready for the model: known image and mask on the H×W grid,
@@ -121,6 +121,7 @@ pub fn denoise(
     let learned = manifest.output.learned_variance;
     let (jump_length, jump_n_sample) = (synth.jump_length as usize, synth.jump_n_sample as usize);
     let mut jumps_done = vec![0usize; steps + 1];
+    let mut first_estimate_means: Option<Vec<f64>> = None;
     let mut index = 0;
     while index < steps {
         let t = timesteps[index];
@@ -139,6 +140,10 @@ pub fn denoise(
         };
         if prediction.iter().any(|v| !v.is_finite()) {
             return Err(SynthError::NonFinite { step: index });
+        }
+        if conditioned && synth.anchor == Anchor::FirstEstimate && first_estimate_means.is_none() {
+            let estimate = first_estimate(schedule, t, &x, &prediction);
+            first_estimate_means = Some(masked_means(&estimate, &mask, hw));
         }
         let noise = sampler.is_stochastic(index).then(|| draw(&mut rngs));
         sampler.step(index, &prediction, variance.as_deref(), &mut x, noise.as_deref());
@@ -174,7 +179,54 @@ pub fn denoise(
         }
         index = reached;
     }
+    if let Some(targets) = first_estimate_means {
+        anchor_means(&mut x, &mask, hw, &targets);
+    }
     Ok(x)
+}
+
+/// x̂₀ at timestep `t` from the model's output, clipped as the scheduler
+/// clips it.
+fn first_estimate(schedule: &NoiseSchedule, t: i64, x: &[f32], output: &[f32]) -> Vec<f64> {
+    let config = &schedule.config;
+    let linear = scheduler::Linear::new(config.prediction_type, schedule.alpha_bar(t));
+    let clip = config.clip_sample.then_some(config.clip_sample_range);
+    x.iter()
+        .zip(output)
+        .map(|(&x, &m)| {
+            let x0 = linear.x0(x as f64, m as f64);
+            clip.map_or(x0, |range| x0.clamp(-range, range))
+        })
+        .collect()
+}
+
+/// Each slice's mean of `values` weighted by its grid mask (0 where the mask is empty).
+fn masked_means<T: Copy + Into<f64>>(values: &[T], mask: &[f32], hw: usize) -> Vec<f64> {
+    values
+        .chunks(hw)
+        .zip(mask.chunks(hw))
+        .map(|(v, m)| {
+            let weight: f64 = m.iter().map(|&w| w as f64).sum();
+            let sum: f64 = v.iter().zip(m).map(|(&v, &w)| v.into() * w as f64).sum();
+            if weight > 0.0 {
+                sum / weight
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// `[synth] anchor = "first-estimate"`: shifts each slice's grid so that its
+/// in-mask mean is `targets`' (outside the mask the composite keeps the source).
+fn anchor_means(x: &mut [f32], mask: &[f32], hw: usize, targets: &[f64]) {
+    let means = masked_means(x, mask, hw);
+    for ((slice, mean), target) in x.chunks_mut(hw).zip(means).zip(targets) {
+        let shift = target - mean;
+        for v in slice {
+            *v = (*v as f64 + shift) as f32;
+        }
+    }
 }
 
 /// Splits [N, C(·2), H, W] into the prediction and (learned) variance, and
@@ -280,5 +332,27 @@ mod tests {
         let (prediction, variance) = split_output(&output[..4], 2, 2, false, None);
         assert_eq!(prediction, vec![1.0, 2.0, 0.5, 0.5]);
         assert_eq!(variance, None);
+    }
+
+    #[test]
+    fn anchoring_moves_each_slices_masked_mean_to_its_target_and_keeps_its_texture() {
+        // Two slices of hw = 4; the first masked on two pixels, the second on
+        // one pixel fully and one at half weight.
+        let mut x = vec![0.2f32, 0.6, 5.0, 5.0, -0.4, 0.0, 0.8, 7.0];
+        let mask = [1.0f32, 1.0, 0.0, 0.0, 1.0, 0.0, 0.5, 0.0];
+        let before = x.clone();
+        let targets = [0.0, 0.1];
+        anchor_means(&mut x, &mask, 4, &targets);
+        let means = masked_means(&x, &mask, 4);
+        for (mean, target) in means.iter().zip(targets) {
+            assert!((mean - target).abs() < 1e-6, "{means:?}");
+        }
+        // One shift per slice: differences between pixels stay as they were.
+        assert!((x[1] - x[0] - (before[1] - before[0])).abs() < 1e-6);
+        assert!((x[6] - x[4] - (before[6] - before[4])).abs() < 1e-6);
+        assert!(
+            (x[0] - (0.2 - 0.4)).abs() < 1e-6,
+            "slice 1 mean 0.4 moved to 0.0: {x:?}"
+        );
     }
 }
