@@ -297,7 +297,8 @@ fn a_file_that_arrived_before_its_study_turned_quiet_but_is_read_after_joins_the
     let toml = dir.path().join("synthd.toml");
     let text = std::fs::read_to_string(&toml)
         .unwrap()
-        .replace("settle = \"0s\"", "settle = \"200ms\"");
+        .replace("settle = \"0s\"", "settle = \"400ms\"")
+        .replace("stable_age = \"300ms\"", "stable_age = \"2s\"");
     std::fs::write(&toml, text).unwrap();
     let config = Config::load(&toml).unwrap();
     let inbox = config.paths.inbox.join("s");
@@ -311,14 +312,14 @@ fn a_file_that_arrived_before_its_study_turned_quiet_but_is_read_after_joins_the
             "FAKE^GAMMA",
         );
     }
-    // Seen, then taken once settled (200 ms), before stable_age (300 ms) ends.
+    // Seen, then taken once settled (400 ms), well before stable_age (2 s) ends.
     daemon.step().unwrap();
-    std::thread::sleep(Duration::from_millis(220));
+    std::thread::sleep(Duration::from_millis(450));
     daemon.step().unwrap();
     assert_eq!(daemon.ledger.received().unwrap().len(), 3, "the first three are read");
     // The fourth arrives before the study turns quiet, and is first seen after.
     write_mr(&inbox.join("3.dcm"), "1.2.3.300", "1.2.3.300.3", "FAKE^GAMMA");
-    std::thread::sleep(Duration::from_millis(350));
+    std::thread::sleep(Duration::from_millis(2000));
     daemon.step().unwrap();
     let claimed = |daemon: &Daemon<CopyEngine>| daemon.ledger.job_counts().unwrap().iter().map(|(_, n)| n).sum::<u64>();
     assert_eq!(
