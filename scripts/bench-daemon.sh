@@ -225,9 +225,12 @@ bench_case() {
     printf '  per run, on/off throughput:'
     paste -d' ' <(cut -d' ' -f1 "$dir/daemon-off.txt") <(cut -d' ' -f1 "$dir/daemon-on.txt") |
       awk '{ printf " %.3f", $1 / $2 }'
-    printf '\n'
-    printf '  daemon CPU on/off: %.3f\n' \
-      "$(echo "$(cut -d' ' -f5 "$dir/daemon-on.txt" | median) / $(cut -d' ' -f5 "$dir/daemon-off.txt" | median)" | bc -l)"
+    printf '; median of the pairs: %.3f\n' "$(paste -d' ' <(cut -d' ' -f1 "$dir/daemon-off.txt") \
+      <(cut -d' ' -f1 "$dir/daemon-on.txt") | awk '{ print $1 / $2 }' | median)"
+    printf '  daemon CPU on/off: %.3f of the medians, %.3f median of the pairs\n' \
+      "$(echo "$(cut -d' ' -f5 "$dir/daemon-on.txt" | median) / $(cut -d' ' -f5 "$dir/daemon-off.txt" | median)" | bc -l)" \
+      "$(paste -d' ' <(cut -d' ' -f5 "$dir/daemon-off.txt") <(cut -d' ' -f5 "$dir/daemon-on.txt") |
+        awk '{ print $2 / $1 }' | median)"
   fi
   local scrapes
   scrapes=$(cat "$dir"/scrapes-*.txt 2>/dev/null | awk '{ printf "%.3f\n", $1 * 1000 }')
