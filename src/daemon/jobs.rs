@@ -47,7 +47,7 @@ impl<E: Engine> Daemon<E> {
         if !self.dispatch.is_empty() || self.intake_behind {
             return Ok(());
         }
-        let unread_since = self.settler.oldest_unsettled().map(epoch_seconds);
+        let unread_since = self.settler.oldest_unsettled().map(ledger::epoch_seconds);
         let stable = self.config.raw.ingest.stable_age.as_duration().as_secs_f64();
         let now = ledger::now();
         let mut studies: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
@@ -1052,10 +1052,4 @@ impl<E: Engine> Daemon<E> {
         }
         Ok(())
     }
-}
-
-/// Seconds since the epoch, as the ledger keeps times (0 before it).
-fn epoch_seconds(time: std::time::SystemTime) -> f64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64())
 }

@@ -292,10 +292,13 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Seconds since the Unix epoch; wall clock because completeness must survive restarts.
 pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    epoch_seconds(std::time::SystemTime::now())
+}
+
+/// A time as the ledger keeps times: seconds since the Unix epoch (0 before it).
+pub fn epoch_seconds(time: std::time::SystemTime) -> f64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 impl Ledger {

@@ -188,15 +188,11 @@ pub fn denoise(
 /// x̂₀ at timestep `t` from the model's output, clipped as the scheduler
 /// clips it.
 fn first_estimate(schedule: &NoiseSchedule, t: i64, x: &[f32], output: &[f32]) -> Vec<f64> {
-    let config = &schedule.config;
-    let linear = scheduler::Linear::new(config.prediction_type, schedule.alpha_bar(t));
-    let clip = config.clip_sample.then_some(config.clip_sample_range);
+    let linear = scheduler::Linear::new(schedule.config.prediction_type, schedule.alpha_bar(t));
+    let clip = scheduler::x0_clip(&schedule.config);
     x.iter()
         .zip(output)
-        .map(|(&x, &m)| {
-            let x0 = linear.x0(x as f64, m as f64);
-            clip.map_or(x0, |range| x0.clamp(-range, range))
-        })
+        .map(|(&x, &m)| linear.x0_clipped(x as f64, m as f64, clip))
         .collect()
 }
 

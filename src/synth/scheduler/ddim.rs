@@ -57,16 +57,13 @@ impl Sampler for Ddim {
         let variance = beta_bar_prev / beta_bar_t * (1.0 - alpha_bar_t / alpha_bar_prev);
         let sigma_t = self.eta * variance.sqrt();
         let direction = (1.0 - alpha_bar_prev - sigma_t * sigma_t).max(0.0).sqrt();
-        let clip = config.clip_sample.then_some(config.clip_sample_range);
+        let clip = super::x0_clip(config);
         let linear = Linear::new(config.prediction_type, alpha_bar_t);
         for i in 0..sample.len() {
             let x = sample[i] as f64;
             let output = model_output[i] as f64;
-            let mut x0 = linear.x0(x, output);
+            let x0 = linear.x0_clipped(x, output, clip);
             let eps = linear.eps(x, output);
-            if let Some(range) = clip {
-                x0 = x0.clamp(-range, range);
-            }
             let mut next = alpha_bar_prev.sqrt() * x0 + direction * eps;
             if self.eta > 0.0 {
                 next += sigma_t * noise.map_or(0.0, |n| n[i] as f64);

@@ -57,15 +57,12 @@ impl Sampler for Ddpm {
         let coeff_xt = alpha_t.sqrt() * beta_bar_prev / beta_bar_t;
         // β̃_t, the posterior variance, clamped like diffusers before any log.
         let beta_tilde = (beta_bar_prev / beta_bar_t * beta_t).max(1e-20);
-        let clip = config.clip_sample.then_some(config.clip_sample_range);
+        let clip = super::x0_clip(config);
         let add_noise = t > 0;
         let linear = Linear::new(config.prediction_type, alpha_bar_t);
         for i in 0..sample.len() {
             let x = sample[i] as f64;
-            let mut x0 = linear.x0(x, model_output[i] as f64);
-            if let Some(range) = clip {
-                x0 = x0.clamp(-range, range);
-            }
+            let x0 = linear.x0_clipped(x, model_output[i] as f64, clip);
             let mut next = coeff_x0 * x0 + coeff_xt * x;
             if add_noise {
                 let z = noise.map_or(0.0, |n| n[i] as f64);

@@ -267,10 +267,22 @@ impl Linear {
         self.x0[0] * x + self.x0[1] * m
     }
 
+    /// x̂₀ held to `clip` (see [`x0_clip`]), as the schedulers use it.
+    #[inline]
+    pub fn x0_clipped(&self, x: f64, m: f64, clip: Option<f64>) -> f64 {
+        let x0 = self.x0(x, m);
+        clip.map_or(x0, |range| x0.clamp(-range, range))
+    }
+
     #[inline]
     pub fn eps(&self, x: f64, m: f64) -> f64 {
         self.eps[0] * x + self.eps[1] * m
     }
+}
+
+/// `clip_sample`'s bound on x̂₀, when the scheduler clips.
+pub fn x0_clip(config: &SchedulerConfig) -> Option<f64> {
+    config.clip_sample.then_some(config.clip_sample_range)
 }
 
 /// One sampler run over a batch: its timesteps and the update x_t → x_{t−1}.
