@@ -277,6 +277,17 @@ const INSTANCE_COLUMNS: &str =
 /// older ledger when it is opened.
 const ADDED_INSTANCE_COLUMNS: [(&str, &str); 2] = [("series_digest", "TEXT"), ("refs", "TEXT")];
 
+/// Creates or upgrades every table in one transaction, so a reader
+/// (`synthd status` while the daemon starts) sees the whole schema or none
+/// of it: [`Ledger::has_schema`] then answers for all of it.
+fn create_schema(conn: &mut Connection) -> rusqlite::Result<()> {
+    let transaction = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    transaction.execute_batch(SCHEMA)?;
+    transaction.execute_batch(sends::SCHEMA)?;
+    add_missing_columns(&transaction)?;
+    transaction.commit()
+}
+
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
     let present: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('instances')")?
@@ -309,14 +320,12 @@ impl Ledger {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(wrap)?;
+        let mut conn = Connection::open(&path).map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(wrap)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
         // FULL: a committed transition survives power loss, not only a crash.
         conn.pragma_update(None, "synchronous", "FULL").map_err(wrap)?;
-        conn.execute_batch(SCHEMA).map_err(wrap)?;
-        conn.execute_batch(sends::SCHEMA).map_err(wrap)?;
-        add_missing_columns(&conn).map_err(wrap)?;
+        create_schema(&mut conn).map_err(wrap)?;
         Ok(Ledger { conn, path })
     }
 
@@ -333,7 +342,8 @@ impl Ledger {
     }
 
     /// Whether the tables exist: a daemon that just started may have created
-    /// the file and not yet its schema.
+    /// the file and not yet its schema (created in one transaction, so
+    /// `jobs` and `instances` stand for every table).
     pub fn has_schema(&self) -> Result<bool, LedgerError> {
         let tables: i64 = self
             .conn

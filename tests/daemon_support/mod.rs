@@ -92,7 +92,13 @@ impl Layout {
             .args(["status", "--json", "--config", self.config.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        // `--json` reports its error on stdout.
+        assert!(
+            output.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
     }
 
