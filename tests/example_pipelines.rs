@@ -217,3 +217,66 @@ fn brain_lesion_remove_maps_the_study_seg_by_code() {
         assert!((v2 / v1 - 1.0).abs() < 0.15, "T1 lesion {v1:.0} mm3, FLAIR {v2:.0} mm3");
     }
 }
+
+/// brain-lesion-remove with lines replaced: exit code, T1 voxels painted, output.
+fn lesion_remove_painted_t1(replacements: &[(&str, &str)]) -> (Option<i32>, u64, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key(dir.path(), "site.key");
+    let pipeline = quick_copy_with("brain-lesion-remove", dir.path(), &contract_model());
+    let mut text = std::fs::read_to_string(&pipeline).unwrap();
+    for (from, to) in replacements {
+        assert!(text.contains(from), "brain-lesion-remove no longer has {from}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&pipeline, text).unwrap();
+    let output = dir.path().join("out");
+    let result = common::synthd(&[
+        "process",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--input",
+        repo("fixtures/dicom/demo").to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let painted = files_under(&output)
+        .iter()
+        .filter(|p| p.ends_with("manifest.jsonl"))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap())
+        .filter(|row| row["kind"] == "synthetic" && row["sequence"] == "T1")
+        .map(|row| row["mask_voxels"].as_u64().unwrap())
+        .sum();
+    (result.status.code(), painted, text)
+}
+
+#[test]
+fn dilate_mm_grows_the_seg_region_that_brain_lesion_remove_paints() {
+    let (code, dilated, text) = lesion_remove_painted_t1(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, exact, text) = lesion_remove_painted_t1(&[("dilate_mm = 2.0", "dilate_mm = 0.0")]);
+    assert_eq!(code, Some(0), "{text}");
+    // A 2 mm margin adds at least a one-pixel ring on every painted slice.
+    assert!(
+        exact > 0 && dilated > exact + exact / 5,
+        "dilated {dilated}, exact {exact}"
+    );
+    // Only the healthy task grows a SEG: lesion components are painted as segmented.
+    let (code, painted, text) = lesion_remove_painted_t1(&[("task = \"healthy\"", "task = \"lesion\"")]);
+    assert_ne!(code, Some(0), "{text}");
+    assert_eq!(painted, 0);
+    assert!(text.contains("dilate_mm"), "{text}");
+}

@@ -483,6 +483,11 @@ pub struct MaskSpec {
     /// For `source = "seg"`: the Segment Label to use; empty = the first segment.
     #[serde(default)]
     pub segment_label: String,
+    /// For `source = "seg"` under the healthy task: grow the SEG's region by
+    /// this many millimetres in each slice before painting, so the lesion's
+    /// partial-volume edge just outside the segment is replaced too. 0..=10.
+    #[serde(default, deserialize_with = "ranges::dilate_mm")]
+    pub dilate_mm: f32,
 }
 
 impl Default for MaskSpec {
@@ -492,6 +497,7 @@ impl Default for MaskSpec {
             count: 1,
             diameter_mm: default_diameter_mm(),
             segment_label: String::new(),
+            dilate_mm: 0.0,
         }
     }
 }
@@ -677,6 +683,13 @@ impl LoadedPipeline {
         let mut problems = Diagnostics::default();
         let whole = |message: String| Diagnostic::whole_file(&self.file, message);
         let generated_lesion = synth.task == Task::Lesion && synth.mask.source == MaskSource::Generated;
+        if synth.mask.dilate_mm > 0.0 && (synth.mask.source != MaskSource::Seg || synth.task != Task::Healthy) {
+            problems.push(whole(
+                "`synth.mask.dilate_mm` grows a SEG's region for the healthy task only: set source = \"seg\" and \
+                 task = \"healthy\", or remove it (generated masks and lesion components are drawn to size)"
+                    .into(),
+            ));
+        }
         match &synth.lesion {
             None if generated_lesion => problems.push(whole(
                 "`synth.task` = \"lesion\" with generated masks needs a [synth.lesion] table (components, sizes in mm)"

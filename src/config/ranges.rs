@@ -48,6 +48,10 @@ pub fn guidance<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f32, D::Er
     f32_in(deserializer, 0.0, 50.0)
 }
 
+pub fn dilate_mm<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f32, D::Error> {
+    f32_in(deserializer, 0.0, 10.0)
+}
+
 pub fn diameter_mm<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[f32; 2], D::Error> {
     let [low, high] = <[f64; 2]>::deserialize(deserializer)?;
     if !(low > 0.0 && low <= high && high <= 200.0) {

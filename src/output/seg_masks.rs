@@ -108,6 +108,32 @@ pub fn from_segs(
 }
 
 /// (segment number, mask value) for the segments the choice takes.
+/// `[synth.mask] dilate_mm`: each zero pixel within `radius_mm` (an ellipse
+/// in pixels, by the slice's Pixel Spacing [row, column]) of a labelled one
+/// takes the largest label there; labelled pixels keep theirs.
+pub fn dilate(map: &[u8], rows: usize, cols: usize, spacing_mm: [f64; 2], radius_mm: f64) -> Vec<u8> {
+    let reach = |spacing: f64| (radius_mm / spacing.max(1e-6)).floor() as isize;
+    let (reach_r, reach_c) = (reach(spacing_mm[0]), reach(spacing_mm[1]));
+    let mut out = map.to_vec();
+    for (index, &label) in map.iter().enumerate().filter(|(_, &label)| label != 0) {
+        let (row, col) = ((index / cols) as isize, (index % cols) as isize);
+        for dr in -reach_r..=reach_r {
+            for dc in -reach_c..=reach_c {
+                let distance = ((dr as f64 * spacing_mm[0]).powi(2) + (dc as f64 * spacing_mm[1]).powi(2)).sqrt();
+                let (r, c) = (row + dr, col + dc);
+                if distance > radius_mm || r < 0 || c < 0 || r >= rows as isize || c >= cols as isize {
+                    continue;
+                }
+                let at = r as usize * cols + c as usize;
+                if map[at] == 0 {
+                    out[at] = out[at].max(label);
+                }
+            }
+        }
+    }
+    out
+}
+
 fn segment_values(object: &InMemDicomObject, choice: &SegmentChoice) -> Result<Vec<(u16, u8)>, String> {
     let items = items_of(object, tags::SEGMENT_SEQUENCE);
     let number = |item: &InMemDicomObject| item.get(tags::SEGMENT_NUMBER).and_then(|e| e.to_int::<u16>().ok());
@@ -201,4 +227,39 @@ fn frames_of(object: &InMemDicomObject, slices: &[&Deidentified]) -> Option<Vec<
 fn pixel_count(object: &InMemDicomObject) -> usize {
     let get = |tag| object.get(tag).and_then(|e| e.to_int::<usize>().ok()).unwrap_or(0);
     get(tags::ROWS) * get(tags::COLUMNS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dilate;
+
+    fn count(map: &[u8]) -> usize {
+        map.iter().filter(|&&v| v != 0).count()
+    }
+
+    #[test]
+    fn dilate_grows_by_millimetres_along_each_axis_and_keeps_labels() {
+        let (rows, cols) = (9, 9);
+        let mut map = vec![0u8; rows * cols];
+        map[4 * cols + 4] = 2;
+        // 1 mm pixels, 2 mm: the disk of radius 2 (13 pixels).
+        let grown = dilate(&map, rows, cols, [1.0, 1.0], 2.0);
+        assert_eq!(count(&grown), 13);
+        assert!(grown.iter().all(|&v| v == 0 || v == 2));
+        // Rows 2 mm apart, columns 1 mm: one row up and down, two columns each way.
+        let grown = dilate(&map, rows, cols, [2.0, 1.0], 2.0);
+        assert_eq!(grown[3 * cols + 4], 2);
+        assert_eq!(grown[2 * cols + 4], 0);
+        assert_eq!(grown[4 * cols + 6], 2);
+        assert_eq!(grown[4 * cols + 7], 0);
+        // A labelled pixel keeps its own label; zero radius changes nothing.
+        map[4 * cols + 5] = 1;
+        let grown = dilate(&map, rows, cols, [1.0, 1.0], 1.0);
+        assert_eq!(
+            (grown[4 * cols + 4], grown[4 * cols + 5], grown[4 * cols + 6]),
+            (2, 1, 1)
+        );
+        assert_eq!(grown[3 * cols + 4], 2);
+        assert_eq!(dilate(&map, rows, cols, [1.0, 1.0], 0.0), map);
+    }
 }

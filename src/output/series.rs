@@ -380,7 +380,12 @@ fn synthesize_variant(
     let given = lesion_masks.or_else(|| series.seg_mask.as_ref().map(|(_, maps)| maps.clone()));
     if let Some(maps) = given {
         for (input, map) in inputs.iter_mut().zip(maps) {
-            input.mask = Some(map);
+            input.mask = Some(match synth.mask.dilate_mm {
+                mm if mm > 0.0 => {
+                    seg_masks::dilate(&map, input.rows, input.cols, input.geometry.pixel_spacing_mm, mm.into())
+                }
+                _ => map,
+            });
         }
     }
     let request = SeriesRequest {
