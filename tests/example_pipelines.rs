@@ -147,17 +147,7 @@ fn brain_lesion_remove_maps_the_study_seg_by_code() {
     let key = key(dir.path(), "site.key");
     let pipeline = quick_copy_with("brain-lesion-remove", dir.path(), &contract_model());
     let output = dir.path().join("out");
-    let result = common::synthd(&[
-        "process",
-        "--pipeline",
-        pipeline.to_str().unwrap(),
-        "--input",
-        repo("fixtures/dicom/demo").to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
+    let result = common::run_process_demo(&pipeline, &output, &key);
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
     // Today's demo SEG has one segment coded "Lesion" (SCT 52988006), which is
     // no plane of a contract model: quarantined, never a plain mask. The
@@ -230,17 +220,7 @@ fn lesion_remove_painted_t1(replacements: &[(&str, &str)]) -> (Option<i32>, u64,
     }
     std::fs::write(&pipeline, text).unwrap();
     let output = dir.path().join("out");
-    let result = common::synthd(&[
-        "process",
-        "--pipeline",
-        pipeline.to_str().unwrap(),
-        "--input",
-        repo("fixtures/dicom/demo").to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
+    let result = common::run_process_demo(&pipeline, &output, &key);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&result.stdout),

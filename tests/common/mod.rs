@@ -66,10 +66,9 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// `synthd process` of the demo study with `pipeline` into `output`; asserts
-/// success and returns stdout.
-pub fn process_demo(pipeline: &Path, output: &Path, key: &Path) -> String {
-    let result = synthd(&[
+/// `synthd process` of the demo study with `pipeline` into `output`, however it ends.
+pub fn run_process_demo(pipeline: &Path, output: &Path, key: &Path) -> Output {
+    synthd(&[
         "process",
         "--pipeline",
         pipeline.to_str().unwrap(),
@@ -79,7 +78,13 @@ pub fn process_demo(pipeline: &Path, output: &Path, key: &Path) -> String {
         output.to_str().unwrap(),
         "--key-file",
         key.to_str().unwrap(),
-    ]);
+    ])
+}
+
+/// `synthd process` of the demo study with `pipeline` into `output`; asserts
+/// success and returns stdout.
+pub fn process_demo(pipeline: &Path, output: &Path, key: &Path) -> String {
+    let result = run_process_demo(pipeline, output, key);
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
     assert_eq!(result.status.code(), Some(0), "{stdout}{}", stderr(&result));
     stdout
