@@ -160,6 +160,7 @@ pub fn synthesize_study(
         }
     }
     let mut series = carry_seg_masks(synth, loaded_series, report);
+    grow_seg_masks(synth, &mut series);
     for variant in 0..synth.variants {
         let lesions = generated_lesions(synth, &series, instances, variant);
         let mut failed = Vec::new();
@@ -291,6 +292,21 @@ fn load<'a>(
     })
 }
 
+/// `[synth.mask] dilate_mm`: each series' SEG region grown once, in its own
+/// slices' Pixel Spacing, before any variant paints it.
+fn grow_seg_masks(synth: &Synth, series: &mut [Series<'_>]) {
+    let radius_mm = f64::from(synth.mask.dilate_mm);
+    if radius_mm <= 0.0 {
+        return;
+    }
+    for s in series {
+        let Some((_, maps)) = s.seg_mask.as_mut() else { continue };
+        for (map, input) in maps.iter_mut().zip(&s.inputs) {
+            *map = seg_masks::dilate(map, input.rows, input.cols, input.geometry.pixel_spacing_mm, radius_mm);
+        }
+    }
+}
+
 /// `mask.source = "seg"`: a series the study's SEG does not reference takes
 /// the SEG of a series in the same Frame of Reference, carried through
 /// patient space (a lesion segmented on T1 is removed from FLAIR too). A
@@ -380,12 +396,7 @@ fn synthesize_variant(
     let given = lesion_masks.or_else(|| series.seg_mask.as_ref().map(|(_, maps)| maps.clone()));
     if let Some(maps) = given {
         for (input, map) in inputs.iter_mut().zip(maps) {
-            input.mask = Some(match synth.mask.dilate_mm {
-                mm if mm > 0.0 => {
-                    seg_masks::dilate(&map, input.rows, input.cols, input.geometry.pixel_spacing_mm, mm.into())
-                }
-                _ => map,
-            });
+            input.mask = Some(map);
         }
     }
     let request = SeriesRequest {
