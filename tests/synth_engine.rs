@@ -29,6 +29,11 @@ fn engine(model: &Path, extra: &str, threads: u32) -> Result<Engine, SynthError>
     engine_with_lanes(model, extra, threads, 1)
 }
 
+/// The error text of an engine that `extra` makes refuse to start.
+fn refusal(model: &Path, extra: &str) -> String {
+    engine(model, extra, 1).err().expect("refused").to_string()
+}
+
 fn engine_with_lanes(model: &Path, extra: &str, threads: u32, lanes: u32) -> Result<Engine, SynthError> {
     let runtime = synthd::runtime::init(None).expect("ONNX Runtime (run scripts/bootstrap-onnxruntime.sh)");
     let cache = std::env::temp_dir().join("synthd-engine-test-cache");
@@ -397,10 +402,7 @@ fn bad_slices_are_errors_not_panics() {
 
 #[test]
 fn guidance_without_class_labels_is_a_clear_setting_error() {
-    let text = engine(&tiny("cond"), "guidance = 3.0", 1)
-        .err()
-        .expect("refused")
-        .to_string();
+    let text = refusal(&tiny("cond"), "guidance = 3.0");
     assert!(
         text.contains("synth.guidance") && text.contains("set guidance = 1.0"),
         "{text}"
@@ -410,10 +412,7 @@ fn guidance_without_class_labels_is_a_clear_setting_error() {
 #[test]
 fn a_steps_offset_past_the_last_training_timestep_is_a_clear_setting_error() {
     // Six "leading" steps of T = 1000 end at t = 830; 170 more is t = 1000.
-    let text = engine(&tiny("cond"), "steps_offset = 170", 1)
-        .err()
-        .expect("refused")
-        .to_string();
+    let text = refusal(&tiny("cond"), "steps_offset = 170");
     assert!(
         text.contains("synth.steps_offset") && text.contains("t = 1000") && text.contains("at most 169"),
         "{text}"
@@ -572,10 +571,7 @@ fn the_first_estimate_anchor_shifts_each_fill_by_one_value_and_needs_a_condition
             assert_eq!(a.values[i].to_bits(), s.values[i].to_bits());
         }
     }
-    let text = engine(&tiny("uncond"), "anchor = \"first-estimate\"", 1)
-        .err()
-        .expect("refused")
-        .to_string();
+    let text = refusal(&tiny("uncond"), "anchor = \"first-estimate\"");
     assert!(
         text.contains("synth.anchor") && text.contains("unconditioned"),
         "{text}"
