@@ -107,33 +107,42 @@ pub fn from_segs(
     Ok(None)
 }
 
-/// (segment number, mask value) for the segments the choice takes.
 /// `[synth.mask] dilate_mm`: each zero pixel within `radius_mm` (an ellipse
 /// in pixels, by the slice's Pixel Spacing [row, column]) of a labelled one
 /// takes the largest label there; labelled pixels keep theirs.
 pub fn dilate(map: &[u8], rows: usize, cols: usize, spacing_mm: [f64; 2], radius_mm: f64) -> Vec<u8> {
-    let reach = |spacing: f64| (radius_mm / spacing.max(1e-6)).floor() as isize;
-    let (reach_r, reach_c) = (reach(spacing_mm[0]), reach(spacing_mm[1]));
+    let disk = disk_offsets(spacing_mm, radius_mm);
     let mut out = map.to_vec();
     for (index, &label) in map.iter().enumerate().filter(|(_, &label)| label != 0) {
         let (row, col) = ((index / cols) as isize, (index % cols) as isize);
-        for dr in -reach_r..=reach_r {
-            for dc in -reach_c..=reach_c {
-                let distance = ((dr as f64 * spacing_mm[0]).powi(2) + (dc as f64 * spacing_mm[1]).powi(2)).sqrt();
-                let (r, c) = (row + dr, col + dc);
-                if distance > radius_mm || r < 0 || c < 0 || r >= rows as isize || c >= cols as isize {
-                    continue;
-                }
-                let at = r as usize * cols + c as usize;
-                if map[at] == 0 {
-                    out[at] = out[at].max(label);
-                }
+        for &(dr, dc) in &disk {
+            let (r, c) = (row + dr, col + dc);
+            if r < 0 || c < 0 || r >= rows as isize || c >= cols as isize {
+                continue;
+            }
+            let at = r as usize * cols + c as usize;
+            if map[at] == 0 {
+                out[at] = out[at].max(label);
             }
         }
     }
     out
 }
 
+/// The (row, column) offsets within `radius_mm` of a pixel, by Pixel Spacing.
+fn disk_offsets(spacing_mm: [f64; 2], radius_mm: f64) -> Vec<(isize, isize)> {
+    let reach = |spacing: f64| (radius_mm / spacing.max(1e-6)).floor() as isize;
+    let (reach_r, reach_c) = (reach(spacing_mm[0]), reach(spacing_mm[1]));
+    let within = |dr: isize, dc: isize| {
+        ((dr as f64 * spacing_mm[0]).powi(2) + (dc as f64 * spacing_mm[1]).powi(2)).sqrt() <= radius_mm
+    };
+    (-reach_r..=reach_r)
+        .flat_map(|dr| (-reach_c..=reach_c).map(move |dc| (dr, dc)))
+        .filter(|&(dr, dc)| within(dr, dc))
+        .collect()
+}
+
+/// (segment number, mask value) for the segments the choice takes.
 fn segment_values(object: &InMemDicomObject, choice: &SegmentChoice) -> Result<Vec<(u16, u8)>, String> {
     let items = items_of(object, tags::SEGMENT_SEQUENCE);
     let number = |item: &InMemDicomObject| item.get(tags::SEGMENT_NUMBER).and_then(|e| e.to_int::<u16>().ok());
