@@ -184,8 +184,7 @@ EOF
         --time-budget-minutes "$minutes" --batch "${BATCH:-64}" --lr "${LR:-1e-3}" \
         --device "$device" --workers "$workers" --threads "${THREADS:-$(($(nproc) < 4 ? $(nproc) : 4))}" --ckpt-every-minutes 1 \
         --mask-bank "${MASK_BANK:-1200}" --lesion-bank "${LESION_BANK:-1200}" \
-        --seq-p 0.55,0.1,0.175,0.175 --lesion-p 0.3 --high-t-share 0.3 --aug 1.7 --tissue-masks 0.8 \
-        --first-step-share 0.5 || rc=$?
+        "@$train_dir/recipe.args" || rc=$?
     [ "$rc" = 0 ] || say "train.py ended with status $rc (124: hit the hard limit); using its last checkpoint"
     cp "$work/loss.jsonl" "$OUT/" 2>/dev/null || true
     [ -f "$work/last.pt" ] || { echo "error: no checkpoint written"; exit 1; }
